@@ -1,0 +1,204 @@
+"""ops/advantages.py and ops/losses.py against numbers worked by hand, including the three
+cases of seed 003 (the textbook's clipped-surrogate questions)."""
+
+import math
+
+import pytest
+import torch
+
+from tether.ops import (
+    aggregate_loss,
+    bradley_terry_loss,
+    discounted_returns,
+    dpo_loss,
+    explained_variance,
+    gae,
+    group_normalized_advantages,
+    leave_one_out_advantages,
+    policy_gradient_loss,
+    ppo_clip_loss,
+    reinforce_pp_advantages,
+    value_loss,
+)
+
+
+def _one_token_clip(ratio: float, advantage: float, eps: float = 0.2):
+    old = torch.tensor([[0.0]])
+    logp = torch.tensor([[math.log(ratio)]], requires_grad=True)
+    loss, stats = ppo_clip_loss(logp, old, torch.tensor([[advantage]]), torch.ones(1, 1, dtype=torch.bool), eps)
+    loss.backward()
+    return loss.item(), logp.grad.item(), stats
+
+
+def test_seed003_positive_advantage_ratio_3_has_zero_gradient():
+    # A = 1, ρ = 3, ε = 0.2: min(3·1, 1.2·1) = 1.2 is the clipped term -> loss -1.2, gradient 0
+    loss, grad, stats = _one_token_clip(3.0, 1.0)
+    assert loss == pytest.approx(-1.2)
+    assert grad == 0.0
+    assert stats["clipfrac"].item() == 1.0
+
+
+def test_seed003_negative_advantage_ratio_half_objective_minus_two_zero_gradient():
+    # A = -2.5, ρ = 0.5, range [0.8, 1.2]: min(0.5·-2.5, 0.8·-2.5) = min(-1.25, -2.0) = -2.0
+    # objective -2.0 (loss +2.0), the clipped term: gradient 0
+    loss, grad, stats = _one_token_clip(0.5, -2.5)
+    assert -loss == pytest.approx(-2.0)
+    assert grad == 0.0
+    assert stats["clipfrac"].item() == 1.0
+
+
+def test_seed003_inside_the_range_gives_the_plain_policy_gradient():
+    # ρ = 1.1 inside [0.8, 1.2], A = 2: loss = -ρA = -2.2; d(loss)/d(logp) = -ρA = -2.2
+    loss, grad, stats = _one_token_clip(1.1, 2.0)
+    assert loss == pytest.approx(-2.2)
+    assert grad == pytest.approx(-2.2)
+    assert stats["clipfrac"].item() == 0.0
+
+
+def test_ratio_one_gives_zero_clipfrac_and_zero_approx_kl():
+    logp = torch.tensor([[-1.0, -2.0, -0.5]])
+    mask = torch.tensor([[1, 1, 0]], dtype=torch.bool)
+    _, stats = ppo_clip_loss(logp.clone(), logp, torch.tensor([[1.0, -1.0, 5.0]]), mask)
+    assert stats["clipfrac"].item() == 0.0
+    assert stats["approx_kl"].item() == 0.0
+    assert stats["ratio_mean"].item() == 1.0
+
+
+def test_ppo_clip_loss_masks_padding():
+    # padding position has a huge advantage; it must not move the loss
+    logp = torch.zeros(1, 2)
+    mask = torch.tensor([[1, 0]], dtype=torch.bool)
+    loss, _ = ppo_clip_loss(logp, logp, torch.tensor([[1.0, 1000.0]]), mask)
+    assert loss.item() == pytest.approx(-1.0)
+
+
+def test_gae_by_hand():
+    # γ = 1, λ = 0.5; rewards [0, 0, 1]; values [0.5, 0.6, 0.7]
+    # δ2 = 1 + 0 - 0.7 = 0.3 ; δ1 = 0 + 0.7 - 0.6 = 0.1 ; δ0 = 0 + 0.6 - 0.5 = 0.1
+    # A2 = 0.3 ; A1 = 0.1 + 0.5·0.3 = 0.25 ; A0 = 0.1 + 0.5·0.25 = 0.225
+    # returns = A + V = [0.725, 0.85, 1.0]
+    rewards = torch.tensor([[0.0, 0.0, 1.0]])
+    values = torch.tensor([[0.5, 0.6, 0.7]])
+    adv, ret = gae(rewards, values, torch.ones(1, 3, dtype=torch.bool), gamma=1.0, lam=0.5)
+    assert adv.tolist()[0] == pytest.approx([0.225, 0.25, 0.3])
+    assert ret.tolist()[0] == pytest.approx([0.725, 0.85, 1.0])
+
+
+def test_gae_does_not_depend_on_values_or_rewards_at_masked_positions():
+    rewards = torch.tensor([[0.0, 1.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 0, 0]], dtype=torch.bool)
+    values_a = torch.tensor([[0.2, 0.4, 0.0, 0.0]])
+    values_b = torch.tensor([[0.2, 0.4, 99.0, -50.0]])
+    rewards_b = torch.tensor([[0.0, 1.0, 7.0, 7.0]])
+    adv_a, ret_a = gae(rewards, values_a, mask, 0.9, 0.95)
+    adv_b, ret_b = gae(rewards_b, values_b, mask, 0.9, 0.95)
+    assert torch.equal(adv_a, adv_b) and torch.equal(ret_a, ret_b)
+    # the last real token bootstraps from V = 0: A1 = 1 - 0.4 = 0.6
+    assert adv_a[0, 1].item() == pytest.approx(0.6)
+    assert adv_a[0, 2:].tolist() == [0.0, 0.0]
+
+
+def test_value_loss_clipped_mse_with_half_factor():
+    # V_old = 0, V = 1, R = 1, ε = 0.2: unclipped (1-1)² = 0 ; clipped V = 0.2: (0.2-1)² = 0.64
+    # max = 0.64, ½ -> 0.32 ; the clipped error dominates -> clipfrac 1
+    loss, stats = value_loss(torch.tensor([[1.0]]), torch.tensor([[0.0]]), torch.tensor([[1.0]]),
+                             torch.ones(1, 1, dtype=torch.bool), clip_eps=0.2)
+    assert loss.item() == pytest.approx(0.32)
+    assert stats["clipfrac"].item() == 1.0
+    # without a clip: ½ (1-1)² = 0
+    loss, _ = value_loss(torch.tensor([[1.0]]), torch.tensor([[0.0]]), torch.tensor([[1.0]]),
+                         torch.ones(1, 1, dtype=torch.bool), clip_eps=0.0)
+    assert loss.item() == 0.0
+
+
+def test_explained_variance():
+    returns = torch.tensor([[1.0, 2.0, 3.0]])
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    assert explained_variance(returns, returns, mask).item() == pytest.approx(1.0)
+    # constant prediction 2: Var(R - V) = Var(R) -> 0
+    assert explained_variance(torch.full((1, 3), 2.0), returns, mask).item() == pytest.approx(0.0)
+
+
+def test_grpo_equal_scores_give_zero_advantage_without_nan():
+    adv = group_normalized_advantages(torch.tensor([0.5, 0.5, 0.5, 1.0, 3.0, 2.0]), group_size=3)
+    assert torch.isfinite(adv).all()
+    assert adv[:3].tolist() == [0.0, 0.0, 0.0]
+    # group [1, 3, 2]: mean 2, unbiased std 1 -> [-1, 1, 0]
+    assert adv[3:].tolist() == pytest.approx([-1.0, 1.0, 0.0], abs=1e-5)
+    # Dr. GRPO: centred only
+    assert group_normalized_advantages(torch.tensor([1.0, 3.0, 2.0]), 3, scale_by_std=False).tolist() == [-1.0, 1.0, 0.0]
+
+
+def test_rloo_on_one_two_three():
+    # baselines: (2+3)/2 = 2.5, (1+3)/2 = 2, (1+2)/2 = 1.5 -> [-1.5, 0, 1.5]
+    assert leave_one_out_advantages(torch.tensor([1.0, 2.0, 3.0]), 3).tolist() == [-1.5, 0.0, 1.5]
+
+
+def test_discounted_returns_and_reinforce_pp():
+    # γ = 0.5, rewards [1, 0, 2] -> G2 = 2, G1 = 0 + 0.5·2 = 1, G0 = 1 + 0.5·1 = 1.5
+    rewards = torch.tensor([[1.0, 0.0, 2.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1, 0]], dtype=torch.bool)
+    assert discounted_returns(rewards, mask, 0.5).tolist()[0] == [1.5, 1.0, 2.0, 0.0]
+    # REINFORCE++ whitens those returns: mean 1.5, unbiased std 0.5 -> [0, -1, 1]
+    assert reinforce_pp_advantages(rewards, mask, 0.5).tolist()[0] == pytest.approx([0.0, -1.0, 1.0, 0.0], abs=1e-5)
+
+
+def test_loss_aggregations_by_hand():
+    per_token = torch.tensor([[1.0, 3.0, 0.0], [6.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]], dtype=torch.bool)
+    # token-mean: (1+3+6)/3 = 3.333 ; seq-mean-token-mean: (2 + 6)/2 = 4 ; seq-mean-token-sum: (4 + 6)/2 = 5
+    assert aggregate_loss(per_token, mask, "token-mean").item() == pytest.approx(10 / 3)
+    assert aggregate_loss(per_token, mask, "seq-mean-token-mean").item() == pytest.approx(4.0)
+    assert aggregate_loss(per_token, mask, "seq-mean-token-sum").item() == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"])
+def test_gradient_accumulation_is_exact(mode):
+    torch.manual_seed(0)
+    logp = torch.randn(4, 5, requires_grad=True)
+    old = logp.detach() + 0.05 * torch.randn(4, 5)
+    adv = torch.randn(4, 5)
+    mask = torch.tensor([[1] * 5, [1] * 2 + [0] * 3, [1] * 4 + [0], [1] + [0] * 4], dtype=torch.bool)
+    full, _ = ppo_clip_loss(logp, old, adv, mask, aggregation=mode)
+    n_tok, n_seq = mask.sum(), 4
+    micro = sum(
+        ppo_clip_loss(logp[i : i + 2], old[i : i + 2], adv[i : i + 2], mask[i : i + 2], aggregation=mode,
+                      num_tokens=n_tok, num_sequences=n_seq)[0]
+        for i in (0, 2)
+    )
+    assert micro.item() == pytest.approx(full.item(), abs=1e-6)
+
+
+def test_policy_gradient_loss_is_minus_advantage_times_logprob_gradient():
+    # at ρ = 1 the gradient of -ρA w.r.t. logp is -A
+    logp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    loss, _ = policy_gradient_loss(logp, logp.detach(), torch.tensor([[3.0, -1.0]]), torch.ones(1, 2, dtype=torch.bool))
+    loss.backward()
+    assert logp.grad.tolist()[0] == pytest.approx([-1.5, 0.5])  # -A / 2 tokens
+
+
+def test_bradley_terry_by_hand():
+    # gaps [2, 0, -1]: losses -log σ(2) = 0.1269, log 2 = 0.6931, -log σ(-1) = 1.3133 ; mean 0.7111
+    # accuracy: 1 + 0.5 (tie) + 0 = 1.5 / 3 = 0.5
+    chosen, rejected = torch.tensor([2.0, 1.0, 0.0]), torch.tensor([0.0, 1.0, 1.0])
+    loss, stats = bradley_terry_loss(chosen, rejected)
+    assert loss.item() == pytest.approx((0.126928 + 0.693147 + 1.313262) / 3, abs=1e-5)
+    assert stats["accuracy"].item() == pytest.approx(0.5)
+    assert stats["margin"].item() == pytest.approx(1 / 3)
+    # margin m = 1 on the first pair: -log σ(2 - 1) = 0.3133
+    loss, _ = bradley_terry_loss(chosen[:1], rejected[:1], margin=torch.tensor([1.0]))
+    assert loss.item() == pytest.approx(0.313262, abs=1e-5)
+
+
+def test_dpo_by_hand():
+    # chosen log-ratio 1 - 0 = 1, rejected -1 - 0 = -1 -> h = 2, β = 0.5: -log σ(1) = 0.3133
+    args = (torch.tensor([1.0]), torch.tensor([-1.0]), torch.tensor([0.0]), torch.tensor([0.0]))
+    loss, stats = dpo_loss(*args, beta=0.5)
+    assert loss.item() == pytest.approx(0.313262, abs=1e-5)
+    assert stats["rewards/chosen"].item() == pytest.approx(0.5)
+    assert stats["rewards/rejected"].item() == pytest.approx(-0.5)
+    assert stats["rewards/accuracy"].item() == 1.0
+    # label smoothing 0.1: 0.9·0.3133 + 0.1·(-log σ(-1) = 1.3133) = 0.4133
+    assert dpo_loss(*args, beta=0.5, label_smoothing=0.1)[0].item() == pytest.approx(0.9 * 0.313262 + 0.1 * 1.313262, abs=1e-5)
+    # IPO: (h - 1/(2β))² = (2 - 1)² = 1
+    assert dpo_loss(*args, beta=0.5, loss_type="ipo")[0].item() == pytest.approx(1.0)

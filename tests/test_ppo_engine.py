@@ -1,0 +1,131 @@
+"""The PPO loop end to end on the tiny model: it learns, β large holds it still, the first
+update starts at ρ = 1 exactly, and padding never changes a log-prob."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from tether.config import load_config
+from tether.models.forward import build_inputs, policy_forward
+from tether.models.loading import load_causal_lm, load_tokenizer
+from tether.rollout.generation import SamplingSettings, generate_rollout
+from tether.rollout.prompts import PromptStream, builtin_prompts
+from tether.train import algorithms
+from tether.train.ppo import train_ppo
+from tether.train.ppo_config import PPOConfig
+
+
+def tiny_config(tmp_path, **overrides) -> PPOConfig:
+    items = [f"output_dir={tmp_path}", "quiet=true", "overwrite=true"] + [f"{k}={v}" for k, v in overrides.items()]
+    return load_config(PPOConfig, "configs/ppo-tiny.yaml", items)
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def normal_run(tmp_path_factory):
+    return train_ppo(tiny_config(tmp_path_factory.mktemp("ppo")))
+
+
+def test_tiny_config_learns_the_rule(normal_run):
+    run_dir = normal_run
+    metrics = read_metrics(run_dir)
+    assert len(metrics) == 30
+    first = sum(m["objective/score_mean"] for m in metrics[:5]) / 5
+    last = sum(m["objective/score_mean"] for m in metrics[-5:]) / 5
+    # random characters are ~6% vowels; the trained policy writes mostly vowels
+    assert first < 0.25
+    assert last > first + 0.3, (first, last)
+    assert all(abs(m["objective/kl_k1"]) < 100 for m in metrics)
+    assert metrics[0]["objective/kl_k1"] == pytest.approx(0.0, abs=1e-6)  # π_old == π_ref before any update
+    for key in ("policy/entropy", "policy/clipfrac", "policy/approx_kl", "losses/value_loss", "value/explained_variance",
+                "rollout/response_length", "rollout/eos_fraction", "objective/kl_k3", "objective/kl_coef", "time/update_s"):
+        assert key in metrics[-1]
+    # the saved policy reloads with plain transformers
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(run_dir / "policy") is not None
+    assert (run_dir / "critic" / "config.json").exists()
+    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert {"prompt", "response", "score", "kl", "length", "ended_with_eos"} <= set(samples[0])
+
+
+def _gain(metrics):
+    return sum(m["objective/score_mean"] for m in metrics[-5:]) / 5 - sum(m["objective/score_mean"] for m in metrics[:5]) / 5
+
+
+def test_huge_beta_keeps_the_policy_at_the_reference(tmp_path, normal_run):
+    # seed 002's scenario: β very high -> outputs stay close to the reference, score barely improves.
+    # (KL in the loss: its exact gradient holds the policy; in the reward the critic's noise lets
+    # it drift ~2 nats on this tiny random model, still well below the β = 0.05 run.)
+    held = read_metrics(train_ppo(tiny_config(tmp_path, kl_coef=10.0, kl_penalty="loss", run_name="beta-loss")))
+    in_reward = read_metrics(train_ppo(tiny_config(tmp_path, kl_coef=10.0, run_name="beta-reward", total_iterations=20)))
+    baseline = read_metrics(normal_run)
+    assert max(m["objective/kl_k3"] for m in held) < 0.6
+    assert _gain(held) < 0.1 and _gain(in_reward) < 0.1
+    assert _gain(baseline) > 0.3
+    assert in_reward[-1]["objective/kl_k1"] < 0.6 * max(m["objective/kl_k1"] for m in baseline)
+
+
+def test_first_minibatch_of_first_epoch_has_ratio_exactly_one(tmp_path, monkeypatch):
+    seen = []
+    spec = algorithms.ALGORITHMS["ppo"]
+
+    def spy(logprobs, old_logprobs, advantages, mask, **kwargs):
+        loss, stats = spec.policy_loss(logprobs, old_logprobs, advantages, mask, **kwargs)
+        seen.append((torch.equal(logprobs.detach()[mask], old_logprobs[mask]), stats))
+        return loss, stats
+
+    monkeypatch.setitem(algorithms.ALGORITHMS, "ppo", dataclasses.replace(spec, policy_loss=spy))
+    # 2 micro-batches per minibatch, so the check covers gradient accumulation too
+    train_ppo(tiny_config(tmp_path, total_iterations=2, micro_batch_size=8))
+    exact, stats = seen[0]
+    assert exact
+    assert stats["clipfrac"].item() == 0.0
+    assert stats["approx_kl"].item() == 0.0
+    assert stats["ratio_max"].item() == 1.0
+    assert seen[1][0]  # second micro-batch of the same (first) minibatch: no step taken yet
+    assert not seen[2][0]  # after the first optimizer step the policy has moved
+
+
+def test_left_padding_and_position_ids_do_not_change_logprobs(tiny_model_path):
+    tokenizer = load_tokenizer(tiny_model_path)
+    model = load_causal_lm(tiny_model_path).eval()
+    prompts = builtin_prompts("tiny")[:4] + ["a much longer prompt than the others here:"]
+    stream = PromptStream(prompts, tokenizer, seed=0)
+    torch.manual_seed(0)
+    rollout = generate_rollout(model, tokenizer, prompts, stream.token_ids, SamplingSettings(max_new_tokens=12))
+    with torch.no_grad():
+        inputs = build_inputs(rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids, rollout.response_mask)
+        batched = policy_forward(model, inputs, rollout.response_ids).logprobs
+        for row in range(len(prompts)):
+            p_mask, r_mask = rollout.prompt_mask[row], rollout.response_mask[row]
+            alone = build_inputs(rollout.prompt_ids[row : row + 1, p_mask], p_mask[p_mask][None],
+                                 rollout.response_ids[row : row + 1, r_mask], r_mask[r_mask][None])
+            single = policy_forward(model, alone, rollout.response_ids[row : row + 1, r_mask]).logprobs
+            assert torch.allclose(single[0], batched[row, : int(r_mask.sum())], atol=1e-4)
+
+
+def test_generation_truncates_after_first_eos_even_when_pad_equals_eos(tiny_model_path):
+    tokenizer = load_tokenizer(tiny_model_path)
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id  # the SmolLM2 situation
+    model = load_causal_lm(tiny_model_path).eval()
+    # make EOS very likely so most rows stop early
+    with torch.no_grad():
+        model.get_output_embeddings().weight[tokenizer.eos_token_id] *= 0
+        model.get_output_embeddings().weight[tokenizer.eos_token_id] += 0.02 * model.get_input_embeddings().weight.mean(0)
+    prompts = builtin_prompts("tiny")[:8]
+    ids = [tokenizer(p)["input_ids"] for p in prompts]
+    torch.manual_seed(1)
+    rollout = generate_rollout(model, tokenizer, prompts, ids, SamplingSettings(max_new_tokens=16))
+    eos = tokenizer.eos_token_id
+    for row in range(len(prompts)):
+        length = int(rollout.response_mask[row].sum())
+        real = rollout.response_ids[row, :length].tolist()
+        assert eos not in real[:-1]  # nothing after the first EOS is real
+        assert rollout.ended_with_eos[row].item() == (real[-1] == eos)
+        assert rollout.response_mask[row, :length].all() and not rollout.response_mask[row, length:].any()

@@ -1,0 +1,319 @@
+"""The labeling web server: a static page and a small JSON API over the store.
+
+``create_app(store)`` builds the FastAPI app; ``serve`` runs it under uvicorn. The API is
+described by FastAPI's OpenAPI document at ``/api/openapi.json`` (the interactive /docs page
+is off: it loads its scripts from a CDN, and this server works with no network).
+
+Access rules, in order: every ``/api`` call except ``/api/health`` needs a labeler token
+(``Authorization: Bearer <token>``, else 401); writes also need a same-origin request: when an
+``Origin`` (or, without one, a ``Referer``) header is present its host must equal ``Host``,
+else 403. A script run by another site cannot read the token (it lives in this origin's
+localStorage), and the origin check refuses cross-site writes even if one could.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from starlette.exceptions import HTTPException
+
+from tether.errors import DataError, TetherError
+from tether.labeling.store import AlreadyAnswered, Answer, Labeler, Progress, Store, UnknownAnswer, UnknownTask
+from tether.labeling.tasks import Task
+
+__all__ = ["create_app", "serve", "is_loopback", "same_origin"]
+
+STATIC_DIR = Path(__file__).parent / "static"
+MAX_BODY_BYTES = 64 * 1024  # an answer is a few hundred bytes; refuse anything absurd before parsing it
+# the page loads nothing from elsewhere; the CSP makes that a rule the browser enforces
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",  # keyboard shortcuts + framing = clickjacking
+    "Referrer-Policy": "same-origin",  # the URL may carry ?token= on first load
+}
+# the store's errors -> HTTP status; anything else user-fixable is a 422
+ERROR_STATUS: dict[type[TetherError], int] = {
+    UnknownTask: 404, UnknownAnswer: 404, AlreadyAnswered: 409, DataError: 422,
+}
+
+
+# -- API models (they are the OpenAPI document) -----------------------------------------
+class AnswerIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    task_id: str = Field(min_length=1, max_length=256)
+    choice: Literal["a", "b", "tie", "skip", "rank"] = Field(
+        description="a / b: the first / second response is better (2 responses only); rank: send `ranking`; tie; skip"
+    )
+    ranking: list[StrictInt] | None = Field(
+        default=None, description="response indices from best to worst (choice 'rank')"
+    )
+    reason: str | None = Field(default=None, max_length=2000, description="optional free text")
+    request_id: str = Field(
+        min_length=1, max_length=128,
+        description="made by the client, unique per answer: a retry with the same id writes nothing",
+    )
+
+
+class UndoIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    answer_id: int | None = Field(
+        default=None, description="undo this answer; without it, the labeler's latest live answer"
+    )
+
+
+class TaskOut(BaseModel):
+    id: str
+    prompt: str
+    responses: list[str]
+
+
+class ProgressOut(BaseModel):
+    done: int
+    total: int
+
+
+class AnswerOut(BaseModel):
+    id: int
+    task_id: str
+    request_id: str
+    choice: str
+    ranking: list[int] | None
+    reason: str | None
+    undone: bool
+
+
+class MeOut(BaseModel):
+    labeler: str
+    progress: ProgressOut
+
+
+class NextOut(BaseModel):
+    task: TaskOut | None = Field(description="null when every task is answered")
+    progress: ProgressOut
+
+
+class SubmitOut(BaseModel):
+    answer: AnswerOut
+    created: bool = Field(description="false when this request_id was already stored (a retry)")
+    progress: ProgressOut
+
+
+class UndoOut(BaseModel):
+    answer: AnswerOut | None = Field(description="the answer undone; null when there was nothing to undo")
+    task: TaskOut | None = Field(description="its task, to show again")
+    progress: ProgressOut
+
+
+class HealthOut(BaseModel):
+    ok: bool
+    schema_version: int
+
+
+# -- access checks ---------------------------------------------------------------------
+_bearer = HTTPBearer(auto_error=False, description="the labeler token printed by `tether label add-labeler`")
+
+
+def reading_labeler(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Labeler:
+    """Dependency of every read: a valid token, else 401 (before the body is even validated)."""
+    return authenticate(request, credentials)
+
+
+def writing_labeler(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Labeler:
+    """Dependency of every write: a valid token (401) and a same-origin request (403). One
+    dependency, not two chained: each sync dependency is one more hop through the thread pool."""
+    labeler = authenticate(request, credentials)
+    if not same_origin(request.headers.get("host"), request.headers.get("origin"), request.headers.get("referer")):
+        raise HTTPException(403, "cross-origin write refused: Origin/Referer does not match Host")
+    return labeler
+
+
+def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Labeler:
+    if credentials is None:
+        raise HTTPException(
+            401, "missing token: send Authorization: Bearer <token>", headers={"WWW-Authenticate": "Bearer"}
+        )
+    labeler = request.app.state.store.labeler_for_token(credentials.credentials)
+    if labeler is None:
+        raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
+    return labeler
+
+
+def same_origin(host: str | None, origin: str | None, referer: str | None) -> bool:
+    """True when the request's Origin (else Referer) names the host it was sent to, or when
+    neither header is there (curl, scripts: no browser, so no cross-site request to fear)."""
+    source = origin if origin is not None else referer
+    if source is None:
+        return True
+    if host is None or source == "null":  # "null": sandboxed frames, file:// pages
+        return False
+    return urlsplit(source).netloc.lower() == host.lower()
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# -- the app ---------------------------------------------------------------------------
+def create_app(store: Store) -> FastAPI:
+    app = FastAPI(
+        title="tether labeling",
+        version="1",
+        description=(
+            "Collect human preferences between model responses. "
+            "All /api routes except /api/health need a labeler token."
+        ),
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+    )
+    app.state.store = store
+    app.add_middleware(GuardMiddleware)
+    _add_error_handlers(app)
+    _add_routes(app)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def _add_routes(app: FastAPI) -> None:
+    def store_of(request: Request) -> Store:
+        return request.app.state.store
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html")
+
+    @app.get("/api/health", response_model=HealthOut, tags=["meta"])
+    def health(request: Request) -> HealthOut:
+        return HealthOut(ok=True, schema_version=store_of(request).schema_version())
+
+    @app.get("/api/me", response_model=MeOut, tags=["labeling"])
+    def me(request: Request, labeler: Labeler = Depends(reading_labeler)) -> MeOut:
+        return MeOut(labeler=labeler.name, progress=_progress(store_of(request).progress(labeler)))
+
+    @app.get("/api/next", response_model=NextOut, tags=["labeling"])
+    def next_task(request: Request, labeler: Labeler = Depends(reading_labeler)) -> NextOut:
+        """The first task, in file order, this labeler has not answered."""
+        store = store_of(request)
+        task = store.next_task(labeler)
+        return NextOut(task=_task(task) if task else None, progress=_progress(store.progress(labeler)))
+
+    @app.post("/api/answers", response_model=SubmitOut, status_code=201, tags=["labeling"],
+              responses={200: {"description": "a retry: this request_id was stored before"}, 404: {}, 409: {}, 422: {}})
+    def submit(
+        body: AnswerIn, request: Request, response: Response, labeler: Labeler = Depends(writing_labeler)
+    ) -> SubmitOut:
+        """Store one answer. It is committed to disk before this returns."""
+        store = store_of(request)
+        submitted = store.submit(labeler, body.task_id, body.choice, body.ranking, body.reason, body.request_id)
+        if not submitted.created:
+            response.status_code = 200
+        return SubmitOut(
+            answer=_answer(submitted.answer), created=submitted.created, progress=_progress(submitted.progress)
+        )
+
+    @app.post("/api/undo", response_model=UndoOut, tags=["labeling"])
+    def undo(request: Request, body: UndoIn | None = None, labeler: Labeler = Depends(writing_labeler)) -> UndoOut:
+        """Undo an answer (the latest by default); its task comes back as the next one."""
+        store = store_of(request)
+        answer = store.undo(labeler, body.answer_id if body else None)
+        task = store.task(answer.task_id) if answer else None
+        return UndoOut(answer=_answer(answer) if answer else None, task=_task(task) if task else None,
+                       progress=_progress(store.progress(labeler)))
+
+
+class GuardMiddleware:
+    """Refuses oversized bodies and adds the security and cache headers to every response.
+    Plain ASGI rather than ``@app.middleware("http")``: that wrapper costs a task and a
+    stream per request, which shows when eight clients write at once on two cores."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.headers = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+            response = JSONResponse({"error": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
+            await response(scope, receive, send)
+            return
+        # answers and tokens must not sit in caches; the page is revalidated so upgrades show
+        cache = b"no-store" if scope["path"].startswith("/api/") else b"no-cache"
+        extra = [*self.headers, (b"cache-control", cache)]
+
+        async def send_with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    # one shape for every error: {"error": "<one line a person can act on>"}
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": _validation_message(exc.errors())}, status_code=422)
+
+    @app.exception_handler(TetherError)
+    async def tether_error(request: Request, exc: TetherError) -> JSONResponse:
+        status = next((code for cls, code in ERROR_STATUS.items() if isinstance(exc, cls)), 422)
+        return JSONResponse({"error": str(exc)}, status_code=status)
+
+
+def _validation_message(errors: list[dict]) -> str:
+    parts = []
+    for err in errors:
+        if err.get("type") == "json_invalid":
+            parts.append(f"malformed JSON: {err.get('ctx', {}).get('error', 'cannot decode')}")
+            continue
+        field = ".".join(str(p) for p in err.get("loc", ())[1:]) or "body"
+        parts.append(f"{field}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+def _task(task: Task) -> TaskOut:
+    return TaskOut(id=task.id, prompt=task.prompt, responses=list(task.responses))
+
+
+def _progress(progress: Progress) -> ProgressOut:
+    return ProgressOut(done=progress.done, total=progress.total)
+
+
+def _answer(answer: Answer) -> AnswerOut:
+    return AnswerOut(
+        id=answer.id, task_id=answer.task_id, request_id=answer.request_id, choice=answer.choice,
+        ranking=list(answer.ranking) if answer.ranking is not None else None, reason=answer.reason,
+        undone=answer.undone_at is not None,
+    )
+
+
+def serve(store: Store, host: str = "127.0.0.1", port: int = 8765) -> None:
+    """Run until Ctrl+C. No access log: the first page load carries ``?token=`` in its URL."""
+    import uvicorn
+
+    uvicorn.run(create_app(store), host=host, port=port, log_level="warning", access_log=False)

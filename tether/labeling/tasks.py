@@ -1,0 +1,163 @@
+"""Labeling tasks: one prompt and K >= 2 candidate responses, read from and written to JSONL.
+
+A tasks file has one object per line, ``{"id": optional str, "prompt": str, "responses":
+[str, str, ...]}``. Every row is checked before any is used, and an error names the place:
+``tasks.jsonl:7: field "responses": expected a list of at least 2 strings, got 1``. Files made
+by ``tether label make-tasks`` and files made elsewhere go through the same reader.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from tether.errors import DataError
+
+__all__ = ["Task", "task_id_for", "parse_task_row", "load_tasks", "write_tasks", "load_prompts", "tasks_from_samples"]
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a labeler judges. Responses are immutable once labeled: answers refer to them by
+    index, so the store refuses a task id that comes back with different text."""
+
+    id: str
+    prompt: str
+    responses: tuple[str, ...]  # (K,) candidate responses, K >= 2, shown as A, B, C, ...
+
+    @property
+    def k(self) -> int:
+        return len(self.responses)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "prompt": self.prompt, "responses": list(self.responses)}
+
+
+def task_id_for(prompt: str, responses: Iterable[str]) -> str:
+    """A content hash, so a task without an ``id`` keeps the same id when the file is loaded
+    again (re-serving a file must not create duplicates of tasks already labeled)."""
+    digest = hashlib.sha256(json.dumps([prompt, list(responses)], ensure_ascii=False).encode())
+    return "t-" + digest.hexdigest()[:16]
+
+
+def parse_task_row(row: Any, where: str) -> Task:
+    """One decoded JSON row -> Task; ``where`` (``file:line``) prefixes every error."""
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    prompt = row.get("prompt")
+    if prompt is None:
+        raise DataError(f'{where}: field "prompt" is missing')
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise DataError(f'{where}: field "prompt": expected a non-empty string, got {_describe(prompt)}')
+    responses = row.get("responses")
+    if responses is None:
+        raise DataError(f'{where}: field "responses" is missing')
+    if not isinstance(responses, list):
+        raise DataError(f'{where}: field "responses": expected a list of strings, got {_describe(responses)}')
+    if len(responses) < 2:
+        raise DataError(f'{where}: field "responses": expected at least 2 responses, got {len(responses)}')
+    for i, response in enumerate(responses):
+        if not isinstance(response, str):
+            raise DataError(f'{where}: field "responses[{i}]": expected a string, got {_describe(response)}')
+    task_id = row.get("id")
+    if task_id is None:
+        task_id = task_id_for(prompt, responses)
+    elif not isinstance(task_id, str) or not task_id.strip():
+        raise DataError(f'{where}: field "id": expected a non-empty string, got {_describe(task_id)}')
+    return Task(id=task_id, prompt=prompt, responses=tuple(responses))
+
+
+def load_tasks(path: str | Path) -> list[Task]:
+    """Read and validate a whole tasks file; all rows are valid or nothing is returned."""
+    path = Path(path)
+    tasks: list[Task] = []
+    first_line: dict[str, int] = {}
+    for line_no, row in _read_jsonl(path):
+        where = f"{path.name}:{line_no}"
+        task = parse_task_row(row, where)
+        if task.id in first_line:
+            raise DataError(f'{where}: field "id": duplicate task id {task.id!r} (first on line {first_line[task.id]})')
+        first_line[task.id] = line_no
+        tasks.append(task)
+    if not tasks:
+        raise DataError(f"{path}: no tasks (the file is empty)")
+    return tasks
+
+
+def write_tasks(tasks: Iterable[Task], path: str | Path) -> None:
+    """Write JSONL atomically: a crash mid-write leaves the old file, never half of a new one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for task in tasks:
+            f.write(json.dumps(task.to_json(), ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def load_prompts(path: str | Path) -> list[str]:
+    """Prompts for make-tasks: JSONL rows with a ``prompt`` field, or plain text, one per line."""
+    path = Path(path)
+    if path.suffix in (".jsonl", ".json"):
+        prompts = []
+        for line_no, row in _read_jsonl(path):
+            where = f"{path.name}:{line_no}"
+            if not isinstance(row, dict) or "prompt" not in row:
+                raise DataError(f'{where}: field "prompt" is missing')
+            if not isinstance(row["prompt"], str) or not row["prompt"].strip():
+                raise DataError(f'{where}: field "prompt": expected a non-empty string, got {_describe(row["prompt"])}')
+            prompts.append(row["prompt"])
+    else:
+        prompts = [line for line in _read_text(path).splitlines() if line.strip()]
+    if not prompts:
+        raise DataError(f"{path}: no prompts (the file is empty)")
+    return prompts
+
+
+def _read_jsonl(path: Path) -> Iterable[tuple[int, Any]]:
+    """(line number, decoded row) for each non-blank line; a bad line names file:line."""
+    for line_no, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield line_no, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path.name}:{line_no}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"file not found: {path}") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def _describe(value: Any) -> str:
+    """Short, type-revealing rendering of a bad value for an error message."""
+    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, (bytes, set)) else repr(value)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return "null" if value is None else f"{type(value).__name__} {text}"
+
+
+def tasks_from_samples(prompts: list[str], samples: list[list[str]], k: int) -> list[Task]:
+    """Pair each prompt with its K sampled responses; a sampler returning the wrong shape is a
+    bug worth a clear message rather than a silently short tasks file."""
+    if len(samples) != len(prompts):
+        raise DataError(f"the sampler returned {len(samples)} response lists for {len(prompts)} prompts")
+    tasks: list[Task] = []
+    seen: set[str] = set()
+    for i, (prompt, responses) in enumerate(zip(prompts, samples)):
+        if len(responses) != k or not all(isinstance(r, str) for r in responses):
+            raise DataError(f"the sampler returned {len(responses)} responses for prompt {i}, expected {k} strings")
+        task_id = task_id_for(prompt, responses)
+        if task_id in seen:  # a repeated prompt sampled to the same text: keep it, under its own id
+            task_id = f"{task_id}-{i}"
+        seen.add(task_id)
+        tasks.append(Task(id=task_id, prompt=prompt, responses=tuple(responses)))
+    return tasks

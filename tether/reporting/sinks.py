@@ -1,0 +1,222 @@
+"""Where metrics go. ``metrics.jsonl`` and ``samples.jsonl`` in the run directory always; other
+sinks (TensorBoard, W&B, MLflow) are optional and added by name."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Protocol
+
+from tether.errors import TetherError
+
+
+class MetricSink(Protocol):
+    def log(self, step: int, metrics: dict[str, float]) -> None: ...
+    def close(self) -> None: ...
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else (1e308 if value > 0 else -1e308)
+    if hasattr(value, "item"):
+        return _jsonable(value.item())
+    return value
+
+
+class JsonlSink:
+    """Appends one JSON object per line and flushes each time, so a live run can be read
+    (by ``tether doctor``) while it trains and a crash loses at most the line being written."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps({k: _jsonable(v) for k, v in record.items()}, ensure_ascii=False) + "\n")
+        self._file.flush()
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        self.write({"iteration": step, **metrics})
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class RunLogger:
+    """Fans metrics out to every configured sink; samples go to ``samples.jsonl``."""
+
+    def __init__(self, run_dir: Path, sinks: list[MetricSink] | None = None):
+        self.run_dir = Path(run_dir)
+        self.metrics = JsonlSink(self.run_dir / "metrics.jsonl")
+        self.samples = JsonlSink(self.run_dir / "samples.jsonl")
+        self.sinks: list[MetricSink] = [self.metrics, *(sinks or [])]
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        for sink in self.sinks:
+            sink.log(step, metrics)
+
+    def log_samples(self, step: int, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            self.samples.write({"iteration": step, **row})
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+        self.samples.close()
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Reads a metrics/samples file, tolerating a torn last line from a live or killed run."""
+    rows = []
+    path = Path(path)
+    if not path.exists():
+        return rows
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+# ---- optional sinks -----------------------------------------------------------------------
+# Each imports its package lazily (architecture principle 7: optional services at the edge),
+# and raises a TetherError naming the extra to install when the package is missing.
+
+
+def _import_optional(module: str, extra: str, sink: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise TetherError(
+            f"the {sink} metric sink needs the '{extra}' package: pip install 'tether[{extra}]' ({exc})"
+        ) from None
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    """The numeric entries as floats (bools too); strings and other values are left out."""
+    out = {}
+    for key, value in metrics.items():
+        if hasattr(value, "item"):
+            value = value.item()
+        if isinstance(value, (bool, int, float)):
+            out[key] = float(value)
+    return out
+
+
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _run_name(run_dir: Path, config: dict[str, Any]) -> str:
+    return str(config.get("run_name") or Path(run_dir).resolve().name)
+
+
+class TensorBoardSink:
+    """Scalars to ``RUN_DIR/tensorboard`` (or config ``tensorboard_dir``) through
+    torch.utils.tensorboard, which needs the ``tensorboard`` package."""
+
+    def __init__(self, run_dir: Path, config: dict[str, Any]):
+        module = _import_optional("torch.utils.tensorboard", "tensorboard", "TensorBoard")
+        log_dir = Path(config.get("tensorboard_dir") or Path(run_dir) / "tensorboard")
+        self.writer = module.SummaryWriter(log_dir=str(log_dir))
+        if config:
+            # the resolved config, readable in TensorBoard's text tab
+            lines = [f"{k}: {v}" for k, v in _flatten(config).items()]
+            self.writer.add_text("config", "    " + "\n    ".join(lines), 0)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        for key, value in _scalars(metrics).items():
+            self.writer.add_scalar(key, value, global_step=step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandbSink:
+    """Weights & Biases. Offline by default (config ``wandb_mode``: offline | online |
+    disabled), so it works without network; ``wandb sync RUN_DIR/wandb/offline-run-*`` uploads
+    later. Config keys: ``wandb_project`` (default "tether"), ``wandb_entity``, ``run_name``."""
+
+    def __init__(self, run_dir: Path, config: dict[str, Any]):
+        wandb = _import_optional("wandb", "wandb", "Weights & Biases")
+        self.run = wandb.init(
+            project=config.get("wandb_project", "tether"),
+            entity=config.get("wandb_entity"),
+            name=_run_name(run_dir, config),
+            dir=str(run_dir),
+            mode=config.get("wandb_mode", "offline"),
+            config=_flatten(config),
+        )
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        self.run.log(_scalars(metrics), step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class MlflowSink:
+    """MLflow. A local file store at ``RUN_DIR/mlruns`` by default (config
+    ``mlflow_tracking_uri`` to change it; ``mlflow ui --backend-store-uri RUN_DIR/mlruns`` to
+    browse); experiment from config ``mlflow_experiment`` (default "tether")."""
+
+    # MLflow rejects parameter values past a length limit (500 chars in older servers)
+    MAX_PARAM_CHARS = 250
+
+    def __init__(self, run_dir: Path, config: dict[str, Any]):
+        self.mlflow = _import_optional("mlflow", "mlflow", "MLflow")
+        uri = config.get("mlflow_tracking_uri") or (Path(run_dir) / "mlruns").resolve().as_uri()
+        self.mlflow.set_tracking_uri(uri)
+        self.mlflow.set_experiment(config.get("mlflow_experiment", "tether"))
+        self.mlflow.start_run(run_name=_run_name(run_dir, config))
+        params = {k: str(v)[: self.MAX_PARAM_CHARS] for k, v in _flatten(config).items()}
+        if params:
+            self.mlflow.log_params(params)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        self.mlflow.log_metrics(_scalars(metrics), step=step)
+
+    def close(self) -> None:
+        self.mlflow.end_run()
+
+
+OPTIONAL_SINKS: dict[str, type] = {"tensorboard": TensorBoardSink, "wandb": WandbSink, "mlflow": MlflowSink}
+
+
+def make_sinks(names: list[str], run_dir: Path, config: dict[str, Any]) -> list[MetricSink]:
+    """The optional sinks named in ``names`` (case-insensitive; "jsonl" is accepted and
+    skipped: RunLogger always writes metrics.jsonl). ``config`` is the resolved run config,
+    logged as hyper-parameters; it also carries the sinks' own keys (see each class).
+    Raises TetherError for an unknown name or a missing package."""
+    sinks: list[MetricSink] = []
+    seen: set[str] = set()
+    for raw in names:
+        name = str(raw).strip().lower()
+        if name in ("", "jsonl") or name in seen:
+            continue
+        if name not in OPTIONAL_SINKS:
+            known = ", ".join(["jsonl", *OPTIONAL_SINKS])
+            raise TetherError(f"unknown metric sink '{raw}': choose from {known}")
+        seen.add(name)
+        try:
+            sinks.append(OPTIONAL_SINKS[name](Path(run_dir), dict(config or {})))
+        except TetherError:
+            for sink in sinks:  # do not leave half-opened runs behind
+                sink.close()
+            raise
+    return sinks

@@ -1,0 +1,40 @@
+"""Sampling K responses per prompt from any policy checkpoint, for the labeling page
+(`tether label make-tasks`) and evaluation. Same generation code as the PPO loop."""
+
+from __future__ import annotations
+
+import torch
+
+from tether.models.loading import load_causal_lm, load_tokenizer, resolve_device
+from tether.rollout.generation import SamplingSettings, generate_rollout
+from tether.rollout.prompts import PromptStream
+
+
+def sample_responses(
+    model: str,
+    prompts: list,
+    k: int,
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 16,
+    device: str = "auto",
+    use_chat_template="auto",
+    top_p: float = 1.0,
+) -> list[list[str]]:
+    """``k`` sampled responses for each prompt (a list of k strings per prompt)."""
+    dev = resolve_device(device)
+    tokenizer = load_tokenizer(model)
+    policy = load_causal_lm(model, dev).eval()
+    stream = PromptStream(prompts, tokenizer, use_chat_template)
+    settings = SamplingSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+    torch.manual_seed(seed)
+    out: list[list[str]] = []
+    per_call = max(batch_size // k, 1)
+    for start in range(0, len(prompts), per_call):
+        rows = range(start, min(start + per_call, len(prompts)))
+        batch_prompts = [prompts[i] for i in rows for _ in range(k)]
+        batch_ids = [stream.token_ids[i] for i in rows for _ in range(k)]
+        rollout = generate_rollout(policy, tokenizer, batch_prompts, batch_ids, settings, group_size=k)
+        out.extend(rollout.responses[j : j + k] for j in range(0, len(rollout.responses), k))
+    return out

@@ -1,0 +1,169 @@
+"""The online RLHF loop: PPO by default, and the alternatives of the algorithm table.
+
+Each iteration reads as the algorithm (cleanrl's ppo.py is the model):
+    1. generate   sample responses to a batch of prompts from the current policy
+    2. score      old log-probs, reference log-probs, values (one forward pass each), scores
+    3. shape      per-token rewards: -β·KL at every token, the score at the last one
+    4. advantages GAE (or the algorithm's estimator), whitened
+    5. update     K epochs of minibatch steps on the clipped surrogate + value loss
+    6. log        metrics.jsonl, samples.jsonl, progress bar; adapt β
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from tether.data.templates import prompt_text
+from tether.errors import TetherError
+from tether.models.loading import resolve_device
+from tether.ops.kl import AdaptiveKLController, FixedKLController
+from tether.ops.losses import explained_variance
+from tether.ops.masking import masked_mean
+from tether.rollout.generation import SamplingSettings, generate_rollout
+from tether.rollout.prompts import PromptStream, resolve_prompts
+from tether.rollout.rewards import describe_nonfinite, is_finite
+from tether.train.algorithms import ALGORITHMS, AdvantageInputs
+from tether.train.ppo_config import PPOConfig
+from tether.train.rl_phases import autocast, run_updates, score_rollout, shape_rewards
+from tether.train.roles import build_roles
+from tether.train.run_dir import RunDirectory, make_scheduler
+from tether.types import TrainBatch
+from tether.utils.seeding import seed_everything
+
+
+def train_ppo(config: PPOConfig) -> Path:
+    """Run the loop; returns the run directory (metrics, samples, final policy)."""
+    algorithm = ALGORITHMS[config.algorithm]
+    kl_in_loss = (config.kl_penalty if config.kl_penalty != "auto" else algorithm.default_kl_penalty) == "loss"
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    run = RunDirectory.create(config, quiet=config.quiet)
+
+    roles = build_roles(config, device, algorithm.uses_critic)
+    prompts = PromptStream(resolve_prompts(config.prompts), roles.tokenizer, config.chat_template,
+                           config.max_prompt_tokens, config.seed)
+    sampling = SamplingSettings(config.max_new_tokens, config.temperature, config.top_k, config.top_p)
+    policy_params, critic_params = roles.trainable_groups()
+    groups = [{"params": policy_params, "lr": config.learning_rate}]
+    if critic_params:
+        groups.append({"params": critic_params, "lr": config.critic_learning_rate or config.learning_rate})
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay, eps=config.adam_eps)
+    steps_per_iteration = 1 if algorithm.single_step else (
+        config.ppo_epochs * config.batch_size * config.samples_per_prompt // config.mini_batch_size)
+    scheduler = make_scheduler(optimizer, config.lr_schedule, config.warmup_steps,
+                               config.total_iterations * steps_per_iteration)
+    kl_ctl = (AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
+              if config.kl_target is not None else FixedKLController(config.kl_coef))
+    shuffle_generator = torch.Generator().manual_seed(config.seed)
+    consecutive_skips = total_skips = 0
+
+    with run.progress(config.total_iterations) as progress:
+        for iteration in range(1, config.total_iterations + 1):
+            t0 = time.perf_counter()
+            # 1. generate
+            batch_prompts, batch_ids = prompts.next_batch(config.batch_size, config.samples_per_prompt)
+            with autocast(device, config.precision):
+                rollout = generate_rollout(roles.policy, roles.tokenizer, batch_prompts, batch_ids, sampling,
+                                           config.samples_per_prompt)
+            t1 = time.perf_counter()
+            # 2. score
+            scored = score_rollout(roles, rollout, config, device)
+            t2 = time.perf_counter()
+            if not is_finite(scored.scores):
+                consecutive_skips, total_skips = consecutive_skips + 1, total_skips + 1
+                run.warn(f"iteration {iteration}: {describe_nonfinite(scored.scores)}; update skipped")
+                _check_skips(consecutive_skips, config)
+                run.log(iteration, {"guard/skipped_updates": total_skips}, progress)
+                continue
+            # 3. shape rewards
+            rewards, kl = shape_rewards(scored, kl_ctl.value, not kl_in_loss, config.kl_estimator)
+            if config.whiten_rewards:
+                from tether.ops.masking import masked_whiten
+
+                rewards = masked_whiten(rewards, rollout.response_mask, shift_mean=False)
+            # 4. advantages
+            advantages, returns = algorithm.advantages(AdvantageInputs(
+                scored.scores, rewards, scored.old_values, rollout.response_mask, rollout.group_size,
+                config.gamma, config.lam, config.whiten_advantages))
+            batch = TrainBatch(rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids, rollout.response_mask,
+                               scored.old_logprobs, scored.ref_logprobs, advantages, returns, scored.old_values)
+            # 5. update: K epochs of minibatch steps
+            updates = run_updates(roles, batch, algorithm, config, optimizer, scheduler, kl_ctl.value, kl_in_loss,
+                                  device, shuffle_generator, on_skip=lambda why: run.warn(f"iteration {iteration}: {why}; step skipped"))
+            t3 = time.perf_counter()
+            total_skips += updates.skipped
+            consecutive_skips = consecutive_skips + 1 if updates.steps == 0 else 0
+            _check_skips(consecutive_skips, config)
+            # 6. log, then adapt β on this batch's KL
+            metrics = _iteration_metrics(scored, kl, returns, kl_ctl.value, updates, optimizer, config,
+                                         timings=(t1 - t0, t2 - t1, t3 - t2, t3 - t0), skipped=total_skips)
+            kl_ctl.update(metrics["objective/kl_k1"], len(rollout))
+            run.log(iteration, metrics, progress)
+            run.log_samples(iteration, _samples(scored, kl, config.log_samples))
+
+    run.save_final(roles, config)
+    run.close()
+    return run.path
+
+
+def _check_skips(consecutive: int, config: PPOConfig) -> None:
+    if consecutive >= config.max_consecutive_skips:
+        raise TetherError(
+            f"{consecutive} consecutive updates skipped for non-finite rewards, losses or gradients; "
+            "check the reward function/model for NaN, lower learning_rate, or use precision=fp32"
+        )
+
+
+def _iteration_metrics(scored, kl, returns, kl_coef, updates, optimizer, config, timings, skipped) -> dict[str, float]:
+    rollout = scored.rollout
+    mask = rollout.response_mask
+    kl_k1 = kl.sum(1) if config.kl_estimator == "k1" else (scored.old_logprobs - scored.ref_logprobs).mul(mask).sum(1)
+    kl_k3 = (torch.expm1(scored.ref_logprobs - scored.old_logprobs) - (scored.ref_logprobs - scored.old_logprobs)).mul(mask).sum(1)
+    generate_s, score_s, update_s, total_s = timings
+    n_tokens = mask.sum().item()
+    metrics = {
+        "objective/score_mean": scored.scores.mean().item(),
+        "objective/score_std": scored.scores.std().item() if len(rollout) > 1 else 0.0,
+        "objective/kl_k1": kl_k1.mean().item(),
+        "objective/kl_k3": kl_k3.mean().item(),
+        "objective/kl_coef": kl_coef,
+        "objective/rlhf_reward": (scored.scores - kl_coef * kl_k1).mean().item(),
+        "policy/entropy": masked_mean(scored.entropy, mask).item(),
+        "rollout/response_length": rollout.response_lengths.float().mean().item(),
+        "rollout/eos_fraction": rollout.ended_with_eos.float().mean().item(),
+        "rollout/tokens_per_s": n_tokens / max(generate_s, 1e-9),
+        "optim/lr": optimizer.param_groups[0]["lr"],
+        "time/generate_s": generate_s,
+        "time/score_s": score_s,
+        "time/update_s": update_s,
+        "time/iteration_s": total_s,
+        "guard/skipped_updates": skipped,
+    }
+    if scored.old_values is not None and returns is not None:
+        metrics["value/explained_variance"] = explained_variance(scored.old_values, returns, mask).item()
+        metrics["value/mean"] = masked_mean(scored.old_values, mask).item()
+    metrics.update(updates.means())
+    return {k: (v if math.isfinite(v) else float("nan")) for k, v in metrics.items()}
+
+
+def _samples(scored, kl, n: int) -> list[dict]:
+    rollout = scored.rollout
+    rows = []
+    for i in range(min(n, len(rollout))):
+        rows.append({
+            "prompt": prompt_text(rollout.prompts[i]),
+            "response": rollout.responses[i],
+            "score": scored.scores[i].item(),
+            "kl": kl[i].sum().item(),
+            "length": int(rollout.response_lengths[i].item()),
+            "ended_with_eos": bool(rollout.ended_with_eos[i].item()),
+        })
+    return rows
+
+
+__all__ = ["train_ppo", "PPOConfig", "replace"]

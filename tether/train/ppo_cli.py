@@ -1,0 +1,37 @@
+"""``tether ppo`` and the online alternatives: ``a2c``, ``grpo``, ``rloo``, ``reinforce-pp``.
+All take ``--config FILE.yaml`` and trailing ``key=value`` overrides."""
+
+from __future__ import annotations
+
+import argparse
+
+from tether.config import load_config
+
+COMMANDS = {
+    "ppo": ("ppo", "PPO: clipped surrogate, critic, KL-shaped rewards (the default)"),
+    "a2c": ("a2c", "advantage actor-critic: GAE advantages, one unclipped step per batch"),
+    "grpo": ("grpo", "GRPO: group-normalised advantages, KL in the loss, no critic"),
+    "rloo": ("rloo", "RLOO: leave-one-out baseline over K samples per prompt, no critic"),
+    "reinforce-pp": ("reinforce_pp", "REINFORCE++: batch-normalised returns with per-token KL, no critic"),
+}
+
+
+def register(subparsers) -> None:
+    for command, (algorithm, help_text) in COMMANDS.items():
+        parser = subparsers.add_parser(command, help=help_text, description=help_text)
+        parser.add_argument("--config", help="YAML config (see configs/); fields of tether.train.ppo_config.PPOConfig")
+        parser.add_argument("overrides", nargs="*", help="key=value overrides applied after the file")
+        parser.set_defaults(func=_run, algorithm=algorithm)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tether.train.ppo import train_ppo
+    from tether.train.ppo_config import PPOConfig
+
+    overrides = list(args.overrides)
+    if not any(o.startswith("algorithm=") for o in overrides):
+        overrides.insert(0, f"algorithm={args.algorithm}")
+    config = load_config(PPOConfig, args.config, overrides)
+    run_dir = train_ppo(config)
+    print(f"run written to {run_dir}")
+    return 0

@@ -1,0 +1,112 @@
+"""The typed config of ``tether ppo`` and of the online alternatives (a2c, grpo, rloo,
+reinforce-pp), which run the same loop with another row of the algorithm table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from tether.errors import ConfigError
+from tether.ops.losses import Aggregation
+
+Algorithm = Literal["ppo", "a2c", "grpo", "dr_grpo", "rloo", "reinforce_pp"]
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    # --- models -------------------------------------------------------------------------------
+    policy: str = "tiny-llama"  # causal LM: folder, .gguf file, or alias (smollm2, tiny-llama); also π_ref
+    reference: str | None = None  # frozen reference; default: the policy's starting weights
+    reward_model: str | None = None  # scalar-head reward model folder (from `tether train-rm`)
+    reward_function: str | None = None  # or a rule: module:function(prompts, responses) -> list[float]
+    critic: Literal["separate", "shared"] = "separate"  # own model, or a value head on the policy backbone
+    critic_model: str | None = None  # init of a separate critic; default: the reward model, else the policy
+    # --- data ---------------------------------------------------------------------------------
+    prompts: str = "builtin:tiny"  # prompts file (.jsonl with "prompt", .json, .txt) or builtin:tiny|builtin:demo
+    eval_prompts: str | None = None  # held-out prompts for the final evaluation (optional)
+    chat_template: bool | Literal["auto"] = "auto"  # wrap prompts in the tokenizer's chat template
+    max_prompt_tokens: int = 256  # longer prompts are cut from the left (keeping the end)
+    # --- algorithm ----------------------------------------------------------------------------
+    algorithm: Algorithm = "ppo"  # row of tether.train.algorithms.ALGORITHMS
+    total_iterations: int = 30  # rollout -> update cycles
+    batch_size: int = 16  # prompts per iteration
+    samples_per_prompt: int = 1  # responses per prompt (G for GRPO, K for RLOO; >= 2 there)
+    ppo_epochs: int = 4  # passes over each batch (A2C always 1)
+    mini_batch_size: int = 16  # responses per optimizer step
+    micro_batch_size: int = 16  # responses per forward/backward (gradient accumulation)
+    forward_batch_size: int = 32  # responses per no-grad scoring forward
+    gamma: float = 1.0  # discount (GAE)
+    lam: float = 0.95  # GAE λ
+    clip_eps: float = 0.2  # PPO ratio clip ε
+    clip_eps_high: float | None = None  # upper clip (DAPO's clip-higher); default ε
+    value_clip_eps: float = 0.2  # value clip ε_v; 0 disables
+    vf_coef: float = 0.1  # weight of the value loss in the total loss
+    whiten_advantages: bool = True  # mean 0 / std 1 over the batch's real tokens
+    whiten_rewards: bool = False  # scale per-token rewards to unit variance before GAE
+    loss_aggregation: Aggregation = "token-mean"  # how per-token losses become one number
+    # --- KL to the reference --------------------------------------------------------------------
+    kl_coef: float = 0.05  # β (initial value when adaptive)
+    kl_target: float | None = None  # set for the adaptive controller (Ziegler et al. 2019), per-response nats
+    kl_horizon: int = 10000  # adaptive controller horizon, in samples
+    kl_penalty: Literal["reward", "loss", "auto"] = "auto"  # where β·KL goes; auto: per algorithm
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"  # estimator in the reward (the loss always uses k3)
+    # --- rewards ------------------------------------------------------------------------------
+    missing_eos_penalty: float | None = None  # score given to responses that never emit EOS
+    reward_clip: float | None = None  # clip sequence scores to ±this
+    # --- sampling -----------------------------------------------------------------------------
+    max_new_tokens: int = 24
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = full distribution (recommended for RL)
+    top_p: float = 1.0
+    # --- optimisation -------------------------------------------------------------------------
+    learning_rate: float = 1e-5
+    critic_learning_rate: float | None = None  # default: learning_rate
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    adam_eps: float = 1e-8
+    max_grad_norm: float = 1.0
+    max_consecutive_skips: int = 5  # abort after this many non-finite updates in a row
+    # --- system -------------------------------------------------------------------------------
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda, cuda:1, mps
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast compute, fp32 master weights
+    output_dir: str = "runs"
+    run_name: str | None = None  # default: <algorithm>-<timestamp>
+    overwrite: bool = False  # replace an existing run of the same name (else: an error)
+    log_samples: int = 4  # sample generations written per iteration
+    save_critic: bool = True
+    quiet: bool = False  # no progress bar (CI)
+    metric_sinks: list[str] | None = None  # extra sinks: tensorboard, wandb, mlflow
+
+    def __post_init__(self) -> None:
+        if (self.reward_model is None) == (self.reward_function is None):
+            raise ConfigError("set exactly one of reward_model (a folder) or reward_function (module:function)")
+        positive = ("total_iterations", "batch_size", "samples_per_prompt", "ppo_epochs", "mini_batch_size",
+                    "micro_batch_size", "forward_batch_size", "max_new_tokens")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f'field "{name}" must be >= 1, got {getattr(self, name)}')
+        rollout = self.batch_size * self.samples_per_prompt
+        if rollout % self.mini_batch_size:
+            raise ConfigError(
+                f"batch_size x samples_per_prompt = {rollout} responses must split into minibatches of "
+                f"mini_batch_size = {self.mini_batch_size}"
+            )
+        if self.mini_batch_size % self.micro_batch_size:
+            raise ConfigError(
+                f"mini_batch_size = {self.mini_batch_size} must be a multiple of micro_batch_size = {self.micro_batch_size}"
+            )
+        if self.algorithm in ("grpo", "dr_grpo", "rloo") and self.samples_per_prompt < 2:
+            raise ConfigError(f"{self.algorithm} compares samples of one prompt: set samples_per_prompt >= 2")
+        if self.temperature <= 0:
+            raise ConfigError('field "temperature" must be > 0')
+        if not 0 < self.top_p <= 1:
+            raise ConfigError('field "top_p" must be in (0, 1]')
+        for name in ("kl_coef", "learning_rate", "clip_eps", "vf_coef", "value_clip_eps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f'field "{name}" must be >= 0')
+        if self.kl_target is not None and self.kl_target <= 0:
+            raise ConfigError('field "kl_target" must be > 0 (or null for a fixed β)')
+        if not 0 <= self.lam <= 1 or not 0 <= self.gamma <= 1:
+            raise ConfigError('fields "gamma" and "lam" must be in [0, 1]')

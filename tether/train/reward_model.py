@@ -1,0 +1,337 @@
+"""``tether train-rm``: a reward model from human comparisons, stage 3 of RLHF.
+
+    L_RM(φ) = -E[(x, y_w, y_l)] w · log σ(r_φ(x, y_w) - r_φ(x, y_l) - m)
+
+Bradley-Terry (Ouyang et al. 2022, eq. 1) with an optional per-pair margin m (Touvron et al.
+2023, Llama 2) and per-pair weights w (1/C(K,2) for the pairs of a K-wise ranking, so each
+ranked prompt weighs the same: InstructGPT). r_φ is a ``ScalarHeadModel``: any causal LM or
+encoder checkpoint with a fresh scalar head, read at the last real token of the response.
+
+After training the scores are normalised: a gain and bias are fitted so that reference
+responses (samples from the SFT policy, or the data's chosen responses) score mean 0 and
+std 1 (Ziegler et al. 2019; Huang et al. 2024), so that the KL coefficient β means the same
+for every reward model. They are stored in the saved config; every later load scores
+normalised.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Literal, Sequence
+
+import torch
+
+from tether.data.batching import (
+    PreferenceBatch,
+    PromptEncoder,
+    PromptResponseBatch,
+    TokenizedPair,
+    collate_pairs,
+    iterate_batches,
+    tokenize_pairs,
+    truncate,
+)
+from tether.data.preferences import PreferenceData, load_preferences, prompt_key, split_by_prompt
+from tether.data.templates import ChatTemplateMode, Prompt, encode_response
+from tether.errors import ConfigError, TetherError
+from tether.models.loading import load_tokenizer, resolve_device
+from tether.models.scalar_head import ScalarHeadModel
+from tether.ops.losses import bradley_terry_loss
+from tether.train.rl_phases import autocast
+from tether.train.run_dir import RunDirectory, save_pretrained_atomic
+from tether.train.sft import epoch_batches, make_optimizer, planned_steps, report, validate_common
+from tether.utils.seeding import seed_everything
+
+
+@dataclass(frozen=True)
+class RewardModelConfig:
+    algorithm: ClassVar[str] = "rm"  # run directory prefix: runs/rm-<timestamp>
+    # --- model --------------------------------------------------------------------------------
+    model: str = "tiny-llama"  # init: any causal LM / encoder (a fresh scalar head), or an earlier reward model
+    fresh_head: bool = False  # re-draw the head even if the checkpoint has one (N(0, 1/(d+1)))
+    # --- data ---------------------------------------------------------------------------------
+    data: str = ""  # preference pairs or rankings: .jsonl/.json/.csv/.parquet or datasets folder
+    split: str | None = None  # split of a DatasetDict folder (default: train)
+    eval_data: str | None = None  # held-out preferences; default: hold out eval_fraction of the prompts
+    eval_split: str | None = None  # split of eval_data when it is a DatasetDict folder
+    eval_fraction: float = 0.1  # share of prompts held out when eval_data is not given (0: no eval)
+    skip_bad_rows: bool = False  # count and skip malformed rows instead of stopping at the first
+    chat_template: bool | Literal["auto"] = "auto"  # render prompts with the tokenizer's chat template
+    max_length: int = 512  # prompt + response tokens; longer responses are cut at the end
+    max_prompt_length: int | None = None  # cut prompts to their last N tokens; None: keep whole
+    # --- loss ---------------------------------------------------------------------------------
+    ranking_weighting: Literal["per-prompt", "per-pair"] = "per-prompt"  # K-wise pairs weigh 1/C(K,2), or 1 each
+    use_margin: bool = True  # subtract the data's "margin" inside the sigmoid where given
+    # --- optimisation -------------------------------------------------------------------------
+    epochs: int = 1  # passes over the pairs (reward models overfit quickly: InstructGPT uses 1)
+    max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs)
+    batch_size: int = 8  # pairs per optimizer step (2x sequences per forward)
+    learning_rate: float = 1e-5
+    lr_schedule: Literal["constant", "linear", "cosine"] = "linear"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    eval_every: int = 50  # steps between held-out accuracy / margin evaluations
+    # --- normalisation ------------------------------------------------------------------------
+    normalize: Literal["chosen", "policy", "none"] = "chosen"  # reference set for mean 0 / std 1
+    reference_policy: str | None = None  # normalize=policy: model sampled for reference responses (default: model)
+    reference_prompts: str | None = None  # normalize=policy: prompts file (default: the training prompts)
+    normalize_samples: int = 256  # reference responses used to fit gain and bias
+    reference_max_new_tokens: int = 64  # normalize=policy: length limit of the samples
+    # --- system -------------------------------------------------------------------------------
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda, cuda:1, mps
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast compute, fp32 master weights
+    output_dir: str = "runs"
+    run_name: str | None = None  # default: rm-<timestamp>
+    quiet: bool = False  # no progress bar (CI)
+    metric_sinks: list[str] | None = None  # extra sinks: tensorboard, wandb, mlflow
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise ConfigError('field "data" is required: a preference file (prompt/chosen/rejected or rankings)')
+        validate_common(self)
+        if self.normalize_samples < 2:
+            raise ConfigError('field "normalize_samples" must be >= 2 (a std needs two scores)')
+
+
+def train_reward_model(config: RewardModelConfig) -> Path:
+    """Train, normalise and save; returns the model folder (``<run>/reward_model``), which
+    loads as ``AutoModelForSequenceClassification`` and plugs into ``tether ppo reward_model=``."""
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    tokenizer = load_tokenizer(config.model)
+    pad_id = tokenizer.pad_token_id
+
+    train_data, eval_data = load_preference_splits(config)
+    run = RunDirectory.create(config, quiet=config.quiet)
+    tokenize = lambda data: tokenize_pairs(  # noqa: E731
+        data.pairs, tokenizer, config.max_length, config.max_prompt_length, config.chat_template)
+    train_items, train_dropped = tokenize(train_data)
+    eval_items, eval_dropped = tokenize(eval_data) if eval_data else ([], 0)
+    train_data.dropped.truncated = train_dropped + eval_dropped
+    report(run, train_data.summary(), train_items)
+
+    model = ScalarHeadModel.from_pretrained(config.model, device, fresh_head=config.fresh_head)
+    model.set_normalization(1.0, 0.0)  # train on raw scores; gain and bias are refitted below
+    model.train()
+    total_steps = planned_steps(len(train_items), config)
+    optimizer, scheduler = make_optimizer(model.parameters(), config, total_steps)
+    collate = lambda items: collate_pairs(items, pad_id)  # noqa: E731
+
+    with run.progress(total_steps, "reward model") as progress:
+        for step, batch in enumerate(epoch_batches(train_items, collate, config, total_steps), start=1):
+            with autocast(device, config.precision):
+                loss, stats = preference_loss(model, batch.to(device), config)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            metrics = {"train/loss": loss.item(), "train/accuracy": stats["accuracy"].item(),
+                       "train/margin": stats["margin"].item(), "train/grad_norm": float(grad_norm),
+                       "train/lr": scheduler.get_last_lr()[0]}
+            if eval_items and (step % config.eval_every == 0 or step == total_steps):
+                metrics.update({f"eval/{k}": v for k, v in evaluate_pairs(model, eval_items, pad_id, config).items()})
+            run.logger.log(step, metrics)
+            progress.advance(1, loss=metrics["train/loss"], acc=metrics["train/accuracy"])
+
+    model.eval()
+    if config.normalize != "none":
+        prompts, responses = reference_set(config, train_data, tokenizer, device)
+        gain, bias = fit_normalization(model, tokenizer, prompts, responses, config.batch_size * 2,
+                                       config.chat_template, config.max_length)
+        model.set_normalization(gain, bias)
+        model.config.tether_normalization = {"reference": config.normalize, "samples": len(responses)}
+        run.logger.log(total_steps, {"normalize/gain": gain, "normalize/bias": bias})
+    save_pretrained_atomic(model, run.path / "reward_model", tokenizer)
+    run.close()
+    return run.path / "reward_model"
+
+
+def preference_loss(model: ScalarHeadModel, batch: PreferenceBatch, config: RewardModelConfig):
+    """Bradley-Terry loss of one batch; chosen and rejected scored in one forward pass."""
+    chosen, rejected = pair_scores(model, batch)
+    margin = batch.margin if config.use_margin else None
+    weights = batch.weight if config.ranking_weighting == "per-prompt" else None
+    return bradley_terry_loss(chosen, rejected, margin, weights)
+
+
+def pair_scores(model: ScalarHeadModel, batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(r(x, y_w), r(x, y_l)), each (N,), normalised with the model's current gain and bias."""
+    joint = batch.joint()  # (2N rows: chosen, then rejected)
+    inputs = joint.inputs()
+    scores = model.sequence_scores(inputs, joint.last_index(inputs))  # (2N,)
+    return scores[: len(batch)], scores[len(batch):]
+
+
+@torch.no_grad()
+def score_all_pairs(model: ScalarHeadModel, items: Sequence[TokenizedPair], pad_id: int, batch_size: int,
+                    precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores of every pair: (chosen (N,), rejected (N,)) on the CPU."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    chosen, rejected = [], []
+    for batch in iterate_batches(items, batch_size, lambda b: collate_pairs(b, pad_id)):
+        with autocast(device, precision):
+            c, r = pair_scores(model, batch.to(device))
+        chosen.append(c.float().cpu())
+        rejected.append(r.float().cpu())
+    model.train(was_training)
+    return torch.cat(chosen), torch.cat(rejected)
+
+
+def evaluate_pairs(model: ScalarHeadModel, items: Sequence[TokenizedPair], pad_id: int, config) -> dict[str, float]:
+    """Held-out accuracy (r_w > r_l), mean score gap r_w - r_l, and Bradley-Terry loss."""
+    chosen, rejected = score_all_pairs(model, items, pad_id, config.batch_size * 2, config.precision)
+    margin = torch.tensor([it.margin for it in items]) if config.use_margin else None
+    weight = torch.tensor([it.weight for it in items]) if config.ranking_weighting == "per-prompt" else None
+    loss, stats = bradley_terry_loss(chosen, rejected, margin, weight)
+    return {"loss": loss.item(), "accuracy": stats["accuracy"].item(), "margin": stats["margin"].item()}
+
+
+def load_preference_splits(config: RewardModelConfig) -> tuple[PreferenceData, PreferenceData | None]:
+    data = load_preferences(config.data, config.split, config.skip_bad_rows)
+    if config.eval_data:
+        return data, load_preferences(config.eval_data, config.eval_split, config.skip_bad_rows)
+    if config.eval_fraction <= 0 or len({p.group for p in data.pairs}) < 2:
+        return data, None
+    return split_by_prompt(data, config.eval_fraction, config.seed)
+
+
+# ----- normalisation --------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def fit_normalization(model: ScalarHeadModel, tokenizer, prompts: Sequence[Prompt], responses: Sequence[str],
+                      batch_size: int = 16, chat_template: ChatTemplateMode = "auto",
+                      max_length: int = 1024) -> tuple[float, float]:
+    """Gain and bias that map the raw scores of these (prompt, response) pairs to mean 0 and
+    std 1: normalised = raw · gain + bias, gain = 1/std, bias = -mean/std. The model itself is
+    not changed; apply the result with ``model.set_normalization(gain, bias)``."""
+    raw = raw_scores(model, tokenizer, prompts, responses, batch_size, chat_template, max_length)
+    if raw.numel() < 2:
+        raise TetherError(f"normalisation needs at least 2 reference responses, got {raw.numel()}")
+    mean, std = raw.mean().item(), raw.std().item()
+    if not std > 1e-6:
+        raise TetherError(f"reference responses all score {mean:.4g}: the reward model cannot tell them apart, "
+                          "so its scale cannot be normalised (train longer, or use normalize=none)")
+    return 1.0 / std, -mean / std
+
+
+@torch.no_grad()
+def raw_scores(model: ScalarHeadModel, tokenizer, prompts: Sequence[Prompt], responses: Sequence[str],
+               batch_size: int = 16, chat_template: ChatTemplateMode = "auto", max_length: int = 1024) -> torch.Tensor:
+    """Un-normalised scores r_φ(x, y) (N,) of (prompt, response) texts, tokenised as in training."""
+    encode = PromptEncoder(tokenizer, chat_template)
+    fitted = [truncate(encode(p), encode_response(tokenizer, r), max_length, None) for p, r in zip(prompts, responses)]
+    fitted = [f for f in fitted if f is not None]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(fitted), batch_size):
+        chunk = fitted[start : start + batch_size]
+        batch = PromptResponseBatch.collate([p for p, _ in chunk], [r for _, r in chunk], tokenizer.pad_token_id).to(device)
+        inputs = batch.inputs()
+        scores = model.sequence_scores(inputs, batch.last_index(inputs)).float().cpu()
+        out.append((scores - model.bias) / model.gain)  # undo the current normalisation
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def reference_set(config: RewardModelConfig, data: PreferenceData, tokenizer, device) -> tuple[list, list[str]]:
+    """(prompts, responses) whose normalised scores should have mean 0 and std 1."""
+    rng = random.Random(config.seed)
+    if config.normalize == "chosen":
+        unique = list({(prompt_key(p.prompt), p.chosen): (p.prompt, p.chosen) for p in data.pairs}.values())
+        picked = rng.sample(unique, min(config.normalize_samples, len(unique)))
+        return [p for p, _ in picked], [r for _, r in picked]
+    return sample_policy_responses(config, data, device, rng)
+
+
+def sample_policy_responses(config: RewardModelConfig, data: PreferenceData, device, rng: random.Random):
+    """``normalize=policy``: responses sampled from the SFT policy (π_ref of the PPO run), the
+    distribution the reward model will score at the start of RL (Huang et al. 2024)."""
+    from tether.data.prompts import load_prompts
+    from tether.data.templates import encode_prompt
+    from tether.models.loading import freeze, load_causal_lm
+    from tether.rollout.generation import SamplingSettings, generate_rollout
+
+    policy_name = config.reference_policy or config.model
+    policy_tokenizer = load_tokenizer(policy_name)
+    policy = freeze(load_causal_lm(policy_name, device))
+    if config.reference_prompts:
+        pool = load_prompts(config.reference_prompts)
+    else:
+        pool = list({prompt_key(p.prompt): p.prompt for p in data.pairs}.values())
+    prompts = [rng.choice(pool) for _ in range(config.normalize_samples)]
+    settings = SamplingSettings(max_new_tokens=config.reference_max_new_tokens)
+    responses: list[str] = []
+    for start in range(0, len(prompts), config.batch_size * 2):
+        chunk = prompts[start : start + config.batch_size * 2]
+        ids = [encode_prompt(policy_tokenizer, p, config.chat_template) for p in chunk]
+        responses.extend(generate_rollout(policy, policy_tokenizer, chunk, ids, settings).responses)
+    del policy
+    return prompts, responses
+
+
+# ----- evaluation (tether eval-rm) ------------------------------------------------------------
+
+
+@dataclass
+class RewardEvaluation:
+    chosen: torch.Tensor  # (N,) normalised scores r(x, y_w)
+    rejected: torch.Tensor  # (N,) normalised scores r(x, y_l)
+    raw_gap: torch.Tensor  # (N,) r_w - r_l before normalisation: the Bradley-Terry logit
+    metrics: dict[str, float]  # accuracy, margin, loss, ece, pairs, ...
+    calibration: list[dict[str, float]]  # per confidence bin: lo, hi, count, confidence, accuracy
+
+
+def evaluate_reward_model(model_dir: str | Path, data: str | Path, split: str | None = None,
+                          skip_bad_rows: bool = False, batch_size: int = 16, max_length: int = 1024,
+                          chat_template: ChatTemplateMode = "auto", device: str = "auto",
+                          bins: int = 10) -> RewardEvaluation:
+    """Accuracy, mean margin and calibration of a saved reward model on preference data."""
+    tokenizer = load_tokenizer(model_dir)
+    model = ScalarHeadModel.from_pretrained(model_dir, resolve_device(device))
+    model.eval()
+    prefs = load_preferences(data, split, skip_bad_rows)
+    items, truncated = tokenize_pairs(prefs.pairs, tokenizer, max_length, None, chat_template)
+    if not items:
+        raise TetherError(f"{prefs.source}: no pairs left after truncation to max_length={max_length}")
+    chosen, rejected = score_all_pairs(model, items, tokenizer.pad_token_id, batch_size)
+    raw_gap = (chosen - rejected) / model.gain
+    loss, stats = bradley_terry_loss(raw_gap, torch.zeros_like(raw_gap))
+    table, ece = calibration(raw_gap, bins)
+    metrics = {"pairs": float(len(items)), "accuracy": stats["accuracy"].item(),
+               "margin": stats["margin"].item() * model.gain, "raw_margin": stats["margin"].item(),
+               "loss": loss.item(), "ece": ece,
+               "dropped": float(prefs.dropped.bad_rows + prefs.dropped.duplicates + prefs.dropped.identical + truncated)}
+    return RewardEvaluation(chosen, rejected, raw_gap, metrics, table)
+
+
+def calibration(raw_gap: torch.Tensor, bins: int = 10) -> tuple[list[dict[str, float]], float]:
+    """Reliability of the Bradley-Terry probability P(y_w ≻ y_l) = σ(r_w - r_l) (raw scores:
+    the model was trained on that scale). Each pair is read from the side the model favours:
+    confidence c = max(p, 1 - p) in [0.5, 1], correct when it favours y_w. Bins split [0.5, 1]
+    evenly; ECE = Σ_b (n_b / N) · |accuracy_b - confidence_b| (Guo et al. 2017)."""
+    p = torch.sigmoid(raw_gap.float())
+    confidence = torch.maximum(p, 1 - p)
+    correct = (raw_gap > 0).float() + 0.5 * (raw_gap == 0).float()
+    edges = torch.linspace(0.5, 1.0, bins + 1)
+    index = torch.clamp(torch.bucketize(confidence, edges, right=True) - 1, 0, bins - 1)
+    table, ece = [], 0.0
+    for b in range(bins):
+        in_bin = index == b
+        n = int(in_bin.sum())
+        row = {"lo": edges[b].item(), "hi": edges[b + 1].item(), "count": float(n),
+               "confidence": confidence[in_bin].mean().item() if n else float("nan"),
+               "accuracy": correct[in_bin].mean().item() if n else float("nan")}
+        if n:
+            ece += n / len(raw_gap) * abs(row["accuracy"] - row["confidence"])
+        table.append(row)
+    return table, ece

@@ -1,0 +1,190 @@
+"""The phases of one online RL iteration, each a function the loop in ``ppo.py`` calls in
+order: score -> shape rewards -> advantages -> minibatch updates. (Generation is in
+``tether.rollout.generation``.)"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+
+from tether.models.forward import build_inputs, policy_forward
+from tether.ops.kl import kl_estimate
+from tether.ops.losses import aggregate_loss, value_loss
+from tether.train.algorithms import AlgorithmSpec
+from tether.train.roles import Roles
+from tether.types import Rollout, ScoredRollout, TrainBatch
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 compute with fp32 master weights (the optimizer never sees bf16 parameters)."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def row_chunks(n: int, size: int) -> list[torch.Tensor]:
+    return [torch.arange(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def _trimmed(rollout: Rollout, rows: torch.Tensor):
+    """The rows' tensors with response columns cut to the longest real response among them:
+    the same trimming ``TrainBatch.select`` applies, so that the scoring pass and the first
+    training pass see identical inputs and ρ starts at exactly 1."""
+    mask = rollout.response_mask[rows]
+    width = max(int(mask.sum(1).max().item()), 1)
+    return rollout.prompt_ids[rows], rollout.prompt_mask[rows], rollout.response_ids[rows][:, :width], mask[:, :width]
+
+
+def _pad_to(x: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.nn.functional.pad(x, (0, width - x.shape[1]))
+
+
+@torch.no_grad()
+def score_rollout(roles: Roles, rollout: Rollout, config, device: torch.device) -> ScoredRollout:
+    """One no-grad pass of policy, reference and critic over the sampled tokens, then the
+    reward. Old log-probs come from this forward pass, not from generate()'s scores
+    (Huang et al. 2024): they must match what the training forward computes."""
+    R = rollout.response_ids.shape[1]
+    old_logprobs, ref_logprobs, entropy, values = [], [], [], []
+    for rows in row_chunks(len(rollout), config.micro_batch_size):
+        prompt_ids, prompt_mask, response_ids, response_mask = _trimmed(rollout, rows)
+        inputs = build_inputs(prompt_ids, prompt_mask, response_ids, response_mask)
+        with autocast(device, config.precision):
+            out = policy_forward(roles.policy, inputs, response_ids, config.temperature, True, roles.value_head)
+            ref = policy_forward(roles.reference, inputs, response_ids, config.temperature)
+            chunk_values = out.values
+            if roles.critic is not None:
+                chunk_values = roles.critic.response_values(inputs, response_ids.shape[1])
+        old_logprobs.append(_pad_to(out.logprobs, R))
+        ref_logprobs.append(_pad_to(ref.logprobs, R))
+        entropy.append(_pad_to(out.entropy, R))
+        if chunk_values is not None:
+            values.append(_pad_to(chunk_values.float(), R))
+    with autocast(device, config.precision):
+        scores = roles.reward(rollout).float()
+    if config.missing_eos_penalty is not None:
+        # A fixed score for responses cut off by max_new_tokens (Huang et al. 2024, detail 23).
+        scores = torch.where(rollout.ended_with_eos, scores, torch.full_like(scores, config.missing_eos_penalty))
+    if config.reward_clip is not None:
+        scores = scores.clamp(-config.reward_clip, config.reward_clip)
+    mask = rollout.response_mask
+    return ScoredRollout(
+        rollout=rollout,
+        old_logprobs=torch.cat(old_logprobs) * mask,
+        ref_logprobs=torch.cat(ref_logprobs) * mask,
+        old_values=torch.cat(values) * mask if values else None,
+        entropy=torch.cat(entropy) * mask,
+        scores=scores,
+    )
+
+
+def shape_rewards(scored: ScoredRollout, kl_coef: float, kl_in_reward: bool, estimator: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token rewards r_t = -β·kl_t + [t = T]·score (spec: "Per-token rewards").
+
+    Returns (rewards (B, R), kl (B, R)), where kl is the per-token estimate against the
+    reference (kept for logging even when the penalty goes into the loss instead)."""
+    mask = scored.rollout.response_mask
+    kl = kl_estimate(scored.old_logprobs, scored.ref_logprobs, estimator) * mask
+    rewards = -kl_coef * kl if kl_in_reward else torch.zeros_like(kl)
+    last = (scored.rollout.response_lengths - 1).clamp(min=0)
+    rewards = rewards.scatter_add(1, last[:, None], scored.scores[:, None].to(rewards.dtype))
+    return rewards * mask, kl
+
+
+@dataclass
+class UpdateStats:
+    """Per-step stats kept as tensors (no host sync in the loop) and averaged once at the end."""
+
+    values: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    skipped: int = 0
+    steps: int = 0
+
+    def add(self, name: str, value: torch.Tensor) -> None:
+        self.values.setdefault(name, []).append(value.detach().float())
+
+    def means(self) -> dict[str, float]:
+        return {name: torch.stack(v).mean().item() for name, v in self.values.items()}
+
+
+def run_updates(
+    roles: Roles,
+    batch: TrainBatch,
+    algorithm: AlgorithmSpec,
+    config,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    kl_coef: float,
+    kl_in_loss: bool,
+    device: torch.device,
+    generator: torch.Generator,
+    on_skip=None,
+) -> UpdateStats:
+    """K epochs over minibatches; gradient accumulation over micro-batches with losses
+    normalised by the whole minibatch's token/sequence count, so accumulation is exact.
+    The first epoch visits rows in rollout order (so its first step reproduces the scoring
+    pass exactly and ρ = 1); later epochs reshuffle."""
+    epochs, mini = (1, len(batch)) if algorithm.single_step else (config.ppo_epochs, config.mini_batch_size)
+    policy_params, critic_params = roles.trainable_groups()
+    stats = UpdateStats()
+    for epoch in range(epochs):
+        order = torch.arange(len(batch)) if epoch == 0 else torch.randperm(len(batch), generator=generator)
+        for start in range(0, len(batch), mini):
+            minibatch_rows = order[start : start + mini]
+            n_tokens = batch.response_mask[minibatch_rows].sum()
+            finite = True
+            for micro_rows in minibatch_rows.split(config.micro_batch_size):
+                loss = _micro_step(roles, batch.select(micro_rows), algorithm, config, kl_coef, kl_in_loss,
+                                   device, n_tokens, len(minibatch_rows), stats)
+                if not torch.isfinite(loss):
+                    finite = False
+                    break
+                loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy_params, config.max_grad_norm) if finite else None
+            if critic_params and finite:
+                torch.nn.utils.clip_grad_norm_(critic_params, config.max_grad_norm)
+            if not finite or not torch.isfinite(grad_norm):
+                # Guard: never apply a NaN/inf update (weights would be lost for good).
+                optimizer.zero_grad(set_to_none=True)
+                stats.skipped += 1
+                if on_skip is not None:
+                    on_skip("non-finite loss" if not finite else "non-finite gradient")
+                continue
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            stats.steps += 1
+            stats.add("optim/grad_norm", grad_norm)
+    return stats
+
+
+def _micro_step(roles, mb: TrainBatch, algorithm, config, kl_coef, kl_in_loss, device, n_tokens, n_seqs, stats):
+    inputs = build_inputs(mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
+    agg = dict(aggregation=config.loss_aggregation, num_tokens=n_tokens, num_sequences=n_seqs)
+    norm = dict(mode=config.loss_aggregation, num_tokens=n_tokens, num_sequences=n_seqs)
+    with autocast(device, config.precision):
+        out = policy_forward(roles.policy, inputs, mb.response_ids, config.temperature, value_head=roles.value_head)
+        values = out.values
+        if roles.critic is not None:
+            values = roles.critic.response_values(inputs, mb.response_ids.shape[1])
+    pg_loss, pg_stats = algorithm.policy_loss(
+        out.logprobs, mb.old_logprobs, mb.advantages, mb.response_mask,
+        clip_eps=config.clip_eps, clip_eps_high=config.clip_eps_high, **agg,
+    )
+    loss = pg_loss
+    stats.add("losses/policy_loss", pg_loss)
+    for name, value in pg_stats.items():
+        stats.add(f"policy/{name}", value)
+    if kl_in_loss:
+        # KL in the loss (GRPO): k3 of π_θ against π_ref, unbiased and ≥ 0 (Shao et al. 2024)
+        kl_loss = aggregate_loss(kl_estimate(out.logprobs, mb.ref_logprobs, "k3"), mb.response_mask, **norm)
+        loss = loss + kl_coef * kl_loss
+        stats.add("losses/kl_loss", kl_loss)
+    if values is not None and mb.returns is not None:
+        v_loss, v_stats = value_loss(values.float(), mb.old_values, mb.returns, mb.response_mask, config.value_clip_eps, **agg)
+        loss = loss + config.vf_coef * v_loss
+        stats.add("losses/value_loss", v_loss)
+        stats.add("value/clipfrac", v_stats["clipfrac"])
+    stats.add("losses/total_loss", loss)
+    return loss

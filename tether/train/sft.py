@@ -1,0 +1,203 @@
+"""``tether sft``: supervised fine-tuning on demonstrations, stage 1 of RLHF (the result is
+π_SFT, which becomes π_ref and the PPO starting point).
+
+The loss is the negative log-likelihood of the completion tokens only, averaged over the
+batch's completion tokens: the prompt is context, not something to imitate (as InstructGPT's
+SFT and TRL's ``completion_only_loss``). The response log-probs come from the same
+``policy_forward`` PPO uses, so SFT and RL see identical tokenisation and positions.
+
+The small helpers at the bottom (step planning, optimiser, batches over epochs, data
+summary) are shared with ``tether train-rm``.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, ClassVar, Iterator, Literal, Sequence
+
+import torch
+
+from tether.data.batching import PromptResponseBatch, collate_examples, iterate_batches, tokenize_demonstrations
+from tether.data.preferences import DropCounts
+from tether.data.sft import DemonstrationData, load_demonstrations
+from tether.errors import ConfigError, DataError
+from tether.models.forward import policy_forward
+from tether.models.loading import load_causal_lm, load_tokenizer, resolve_device
+from tether.ops.masking import masked_mean
+from tether.train.rl_phases import autocast
+from tether.train.run_dir import RunDirectory, make_scheduler, save_pretrained_atomic
+from tether.utils.seeding import seed_everything
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    algorithm: ClassVar[str] = "sft"  # run directory prefix: runs/sft-<timestamp>
+    # --- model and data -----------------------------------------------------------------------
+    model: str = "tiny-llama"  # causal LM to fine-tune: folder, .gguf file, or alias (smollm2, tiny-llama)
+    data: str = ""  # demonstrations (prompt/completion or messages): .jsonl/.json/.csv/.parquet or datasets folder
+    split: str | None = None  # split of a DatasetDict folder (default: train)
+    eval_data: str | None = None  # held-out demonstrations; default: hold out eval_fraction of data
+    eval_split: str | None = None  # split of eval_data when it is a DatasetDict folder
+    eval_fraction: float = 0.05  # share of data held out when eval_data is not given (0: no eval)
+    skip_bad_rows: bool = False  # count and skip malformed rows instead of stopping at the first
+    chat_template: bool | Literal["auto"] = "auto"  # render prompts with the tokenizer's chat template
+    max_length: int = 512  # prompt + completion tokens; longer completions are cut at the end
+    max_prompt_length: int | None = None  # cut prompts to their last N tokens; None: keep whole
+    # --- optimisation -------------------------------------------------------------------------
+    epochs: int = 1  # passes over the data
+    max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs)
+    batch_size: int = 8  # demonstrations per optimizer step
+    learning_rate: float = 2e-5
+    lr_schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    eval_every: int = 50  # steps between evaluations of the held-out loss
+    # --- system -------------------------------------------------------------------------------
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda, cuda:1, mps
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast compute, fp32 master weights
+    output_dir: str = "runs"
+    run_name: str | None = None  # default: sft-<timestamp>
+    quiet: bool = False  # no progress bar (CI)
+    metric_sinks: list[str] | None = None  # extra sinks: tensorboard, wandb, mlflow
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise ConfigError('field "data" is required: a demonstrations file (prompt/completion or messages)')
+        validate_common(self)
+
+
+def train_sft(config: SFTConfig) -> Path:
+    """Fine-tune ``config.model`` on the demonstrations; returns the saved model folder
+    (``<run>/policy``, loadable with ``AutoModelForCausalLM`` and ``tether ppo policy=...``)."""
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    tokenizer = load_tokenizer(config.model)
+    pad_id = tokenizer.pad_token_id
+
+    train_data, eval_data = load_demonstration_splits(config)
+    run = RunDirectory.create(config, quiet=config.quiet)
+    tokenize = lambda data: tokenize_demonstrations(  # noqa: E731
+        data.examples, tokenizer, config.max_length, config.max_prompt_length, config.chat_template)
+    train_items, train_dropped = tokenize(train_data)
+    eval_items, eval_dropped = tokenize(eval_data) if eval_data else ([], 0)
+    train_data.dropped.truncated = train_dropped + eval_dropped
+    report(run, train_data.summary(), train_items)
+
+    model = load_causal_lm(config.model, device)
+    model.train()
+    total_steps = planned_steps(len(train_items), config)
+    optimizer, scheduler = make_optimizer(model.parameters(), config, total_steps)
+    collate = lambda items: collate_examples(items, pad_id)  # noqa: E731
+
+    with run.progress(total_steps, "sft") as progress:
+        for step, batch in enumerate(epoch_batches(train_items, collate, config, total_steps), start=1):
+            with autocast(device, config.precision):
+                loss = completion_nll(model, batch.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            metrics = {"train/loss": loss.item(), "train/grad_norm": float(grad_norm),
+                       "train/lr": scheduler.get_last_lr()[0]}
+            if eval_items and (step % config.eval_every == 0 or step == total_steps):
+                metrics["eval/loss"] = evaluate_nll(model, eval_items, collate, config.batch_size, device, config.precision)
+            run.logger.log(step, metrics)
+            progress.advance(1, loss=metrics["train/loss"])
+
+    model.eval()
+    save_pretrained_atomic(model, run.path / "policy", tokenizer)
+    run.close()
+    return run.path / "policy"
+
+
+def completion_nll(model, batch: PromptResponseBatch) -> torch.Tensor:
+    """-mean over completion tokens of log π(y_t | x, y_<t): the prompt carries no loss."""
+    logprobs = policy_forward(model, batch.inputs(), batch.response_ids).logprobs  # (B, R)
+    return -masked_mean(logprobs, batch.response_mask)
+
+
+@torch.no_grad()
+def evaluate_nll(model, items, collate, batch_size: int, device, precision: str = "fp32") -> float:
+    """Token-weighted mean NLL of the completions of ``items``."""
+    model.eval()
+    total, tokens = 0.0, 0
+    for batch in iterate_batches(items, batch_size, collate):
+        batch = batch.to(device)
+        with autocast(device, precision):
+            nll = completion_nll(model, batch)
+        n = int(batch.response_mask.sum())
+        total, tokens = total + nll.item() * n, tokens + n
+    model.train()
+    return total / max(tokens, 1)
+
+
+def load_demonstration_splits(config: SFTConfig) -> tuple[DemonstrationData, DemonstrationData | None]:
+    data = load_demonstrations(config.data, config.split, config.skip_bad_rows)
+    if config.eval_data:
+        return data, load_demonstrations(config.eval_data, config.eval_split, config.skip_bad_rows)
+    if config.eval_fraction <= 0 or len(data) < 2:
+        return data, None
+    order = list(range(len(data)))
+    random.Random(config.seed).shuffle(order)
+    n_eval = min(max(1, round(config.eval_fraction * len(order))), len(order) - 1)
+    held = set(order[:n_eval])
+    train = [e for i, e in enumerate(data.examples) if i not in held]
+    evals = [e for i, e in enumerate(data.examples) if i in held]
+    return (DemonstrationData(train, data.source, data.num_rows, data.dropped),
+            DemonstrationData(evals, f"{data.source} (held out)", 0, DropCounts()))
+
+
+# ----- shared with tether train-rm ------------------------------------------------------------
+
+
+def validate_common(config) -> None:
+    """Checks every supervised config (SFT, reward model) shares."""
+    for name in ("max_length", "batch_size", "epochs", "eval_every"):
+        if getattr(config, name) < 1:
+            raise ConfigError(f'field "{name}" must be >= 1, got {getattr(config, name)}')
+    if config.max_steps is not None and config.max_steps < 1:
+        raise ConfigError(f'field "max_steps" must be >= 1 (or null), got {config.max_steps}')
+    if config.max_prompt_length is not None and not 1 <= config.max_prompt_length < config.max_length:
+        raise ConfigError(
+            f'field "max_prompt_length" must be between 1 and max_length - 1 = {config.max_length - 1}, '
+            f"got {config.max_prompt_length}: the response needs room")
+    if not 0 <= config.eval_fraction < 1:
+        raise ConfigError(f'field "eval_fraction" must be in [0, 1), got {config.eval_fraction}')
+    if config.learning_rate < 0 or config.weight_decay < 0 or config.max_grad_norm <= 0:
+        raise ConfigError('fields "learning_rate", "weight_decay" must be >= 0 and "max_grad_norm" > 0')
+
+
+def planned_steps(num_items: int, config) -> int:
+    per_epoch = -(-num_items // config.batch_size)
+    return config.max_steps if config.max_steps is not None else per_epoch * config.epochs
+
+
+def make_optimizer(params, config, total_steps: int):
+    optimizer = torch.optim.AdamW(list(params), lr=config.learning_rate, weight_decay=config.weight_decay)
+    return optimizer, make_scheduler(optimizer, config.lr_schedule, config.warmup_steps, total_steps)
+
+
+def epoch_batches(items: Sequence, collate: Callable, config, total_steps: int) -> Iterator:
+    """Shuffled batches, a new order each epoch, until ``total_steps`` batches were given."""
+    given, epoch = 0, 0
+    while given < total_steps:
+        for batch in iterate_batches(items, config.batch_size, collate, shuffle=True, seed=config.seed + epoch):
+            yield batch
+            given += 1
+            if given == total_steps:
+                return
+        epoch += 1
+
+
+def report(run: RunDirectory, summary: str, train_items: Sequence) -> None:
+    """The data summary, once: to stderr and to ``<run>/data_summary.txt``."""
+    if not train_items:
+        raise DataError(f"no training examples left after truncation: {summary}")
+    (run.path / "data_summary.txt").write_text(summary + "\n", encoding="utf-8")
+    print(f"data: {summary}", file=sys.stderr)  # even when quiet: drops are what a CI log is read for
