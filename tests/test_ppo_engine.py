@@ -129,3 +129,12 @@ def test_generation_truncates_after_first_eos_even_when_pad_equals_eos(tiny_mode
         assert eos not in real[:-1]  # nothing after the first EOS is real
         assert rollout.ended_with_eos[row].item() == (real[-1] == eos)
         assert rollout.response_mask[row, :length].all() and not rollout.response_mask[row, length:].any()
+
+
+def test_shared_backbone_critic_learns_and_saves_its_head(tmp_path):
+    run_dir = train_ppo(tiny_config(tmp_path, critic="shared", vf_coef=0.5, precision="bf16", run_name="shared"))
+    metrics = read_metrics(run_dir)
+    assert _gain(metrics) > 0.2
+    assert "value/explained_variance" in metrics[-1]
+    assert (run_dir / "policy" / "value_head.safetensors").exists()
+    assert not (run_dir / "critic").exists()

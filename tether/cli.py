@@ -15,9 +15,11 @@ from tether.errors import TetherError
 COMMAND_MODULES = [
     "tether.train.ppo_cli",  # ppo (and the alternatives: a2c, grpo, rloo, reinforce-pp)
     "tether.train.preference_cli",  # sft, train-rm, eval-rm
+    "tether.train.dpo_cli",  # dpo
     "tether.labeling.cli",  # label serve | make-tasks | export | stats | simulate | add-labeler
     "tether.reporting.cli",  # report, doctor, compare
     "tether.models.cli",  # models prepare
+    "tether.demo.cli",  # demo: the whole pipeline on SmolLM2, with a report
 ]
 
 
@@ -41,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    return dispatch(args)
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run a parsed command: a ``TetherError`` becomes one line on stderr and exit code 2."""
     try:
         result = args.func(args)
     except TetherError as exc:

@@ -50,6 +50,14 @@ class DropCounts:
     truncated: int = 0  # the response would be truncated to nothing (counted at tokenisation)
     first_errors: list[str] = field(default_factory=list)  # up to 3 skipped-row messages, for the report
 
+    def skip_or_raise(self, exc: "DataError", skip_bad_rows: bool) -> None:
+        """With ``skip_bad_rows`` count the bad row (keeping the first messages); else re-raise."""
+        if not skip_bad_rows:
+            raise exc
+        self.bad_rows += 1
+        if len(self.first_errors) < 3:
+            self.first_errors.append(str(exc))
+
     def describe(self) -> str:
         parts = [
             f"{n} {what}"
@@ -102,11 +110,7 @@ def load_preferences(path_or_name: str | Path, split: str | None = None, skip_ba
         try:
             row_pairs = parse_preference_row(row)
         except DataError as exc:
-            if not skip_bad_rows:
-                raise
-            dropped.bad_rows += 1
-            if len(dropped.first_errors) < 3:
-                dropped.first_errors.append(str(exc))
+            dropped.skip_or_raise(exc, skip_bad_rows)
             continue
         for pair in row_pairs:
             key = prompt_key(pair.prompt)

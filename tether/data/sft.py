@@ -54,11 +54,7 @@ def load_demonstrations(path: str | Path, split: str | None = None, skip_bad_row
         try:
             example = parse_demonstration_row(row)
         except DataError as exc:
-            if not skip_bad_rows:
-                raise
-            dropped.bad_rows += 1
-            if len(dropped.first_errors) < 3:
-                dropped.first_errors.append(str(exc))
+            dropped.skip_or_raise(exc, skip_bad_rows)
             continue
         key = (prompt_key(example.prompt), example.completion)
         if key in seen:

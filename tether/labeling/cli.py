@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -192,12 +191,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tether label", description="Collect human preferences.")
     add_subcommands(parser)
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except TetherError as exc:
-        if os.environ.get("TETHER_DEBUG"):
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    from tether.cli import dispatch  # imports no torch: server starts stay fast
+
+    return dispatch(args)
