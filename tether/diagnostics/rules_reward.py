@@ -23,14 +23,20 @@ def beta_too_high(trace: RunTrace, t: Thresholds) -> Finding | None:
     first, recent = score.head(w), score.tail(w)
     scale = score_scale(trace)
     gain = recent.mean() - first.mean()
-    if recent_kl >= t.kl_floor or gain >= t.flat_score_gain * scale:
-        return None
     beta = trace.get("objective/kl_coef")
+    recent_beta = beta.tail(w).mean() if beta is not None else None
+    # The policy may drift a little under a huge β (noisy advantages), so "KL ≈ 0" is one sign;
+    # the other is a penalty β·KL that dwarfs anything the reward can pay.
+    penalty_dominates = recent_beta is not None and recent_beta * recent_kl > t.penalty_dominance * scale
+    if (recent_kl >= t.kl_floor and not penalty_dominates) or gain >= t.flat_score_gain * scale:
+        return None
     approx = trace.get("policy/approx_kl")
     moving = approx is not None and approx.mean() > 1e-4
+    kl_clause = (f"< {fmt(t.kl_floor)}" if recent_kl < t.kl_floor else
+                 f"penalty β·KL = {fmt(recent_beta * recent_kl)} > {fmt(t.penalty_dominance)} × score std {fmt(scale)}")
     evidence = (
         f"{trace.key(*KL_KEYS)} averaged {fmt(recent_kl)} nats over iterations {kl.tail(w).span()} "
-        f"(< {fmt(t.kl_floor)}); {SCORE} went {fmt(first.mean())} → {fmt(recent.mean())} "
+        f"({kl_clause}); {SCORE} went {fmt(first.mean())} → {fmt(recent.mean())} "
         f"(gain {fmt(gain)} < {fmt(t.flat_score_gain)} × batch std {fmt(scale)})"
     )
     if beta is not None:
@@ -98,14 +104,23 @@ def length_explosion(trace: RunTrace, t: Thresholds) -> Finding | None:
         return None
     w = window_size(len(s), t.window)
     first, recent = s.head(w).mean(), s.tail(w).mean()
-    if first <= 0 or recent < t.length_growth * first:
+    eos = trace.get("rollout/eos_fraction", min_points=t.min_iterations)
+    # Length cannot double when max_new_tokens caps it: then the sign is that responses grew and
+    # now all run into the cap (EOS fraction collapsed).
+    pinned = eos is not None and eos.tail(w).mean() < t.capped_eos_fraction <= eos.head(3).mean() + 1e-9
+    if pinned:
+        first = s.head(3).mean()  # the rise to the cap is fast: compare with the very start
+    if first <= 0 or recent < (t.capped_length_growth if pinned else t.length_growth) * first:
         return None
+    evidence = (f"rollout/response_length grew from {fmt(first)} tokens (iterations {s.head(w).span()}) "
+                f"to {fmt(recent)} (iterations {s.tail(w).span()}), {fmt(recent / first)}x")
+    if pinned:
+        evidence += f"; rollout/eos_fraction fell to {fmt(eos.tail(w).mean())}: responses now run into max_new_tokens"
     return Finding(
         rule="length_explosion",
         severity="warning",
         title="Responses are getting much longer",
-        evidence=f"rollout/response_length grew from {fmt(first)} tokens (iterations {s.head(w).span()}) "
-        f"to {fmt(recent)} (iterations {s.tail(w).span()}), {fmt(recent / first)}x",
+        evidence=evidence,
         cause="Reward models trained on human preferences often favour longer answers; the policy "
         "exploits it (a common form of reward hacking, Singhal et al. 2023).",
         fix="Raise β, add a length penalty or length-normalise the score, cap max_new_tokens, and read "

@@ -25,6 +25,7 @@ class Thresholds:
     beta_min_iterations: int = 20  # a healthy run has left π_ref well before this
     kl_floor: float = 0.5  # recent KL below this (nats/response): the policy has not moved
     flat_score_gain: float = 0.25  # score gain below this many batch stds counts as flat
+    penalty_dominance: float = 5.0  # β·KL above this many batch stds of the score: the penalty outweighs the reward
 
     # --- instability (seed 000: "a single large update ... degrade significantly") ------------
     approx_kl_high: float = 0.1  # nats/token per update; Spinning Up targets 0.01, cleanrl ~0.01-0.02
@@ -41,6 +42,8 @@ class Thresholds:
     gold_drop: float = 0.2  # held-out/gold score below its best by this many batch stds ...
     proxy_rise: float = 0.1  # ... while the proxy score rose by at least this many since then
     length_growth: float = 2.0  # recent mean response length / initial
+    capped_length_growth: float = 1.1  # ... or this much, when responses now all hit max_new_tokens:
+    capped_eos_fraction: float = 0.2  # recent fraction ending in EOS below this = pinned at the cap
     repetition_high: float = 0.5  # fraction of repeated word 3-grams in recent responses ...
     repetition_rise: float = 0.25  # ... and this much above the first iteration's
     kl_high: float = 10.0  # nats/response; TRL's training FAQ advises keeping KL in 0-10

@@ -50,8 +50,10 @@ def render_html(ctx: "ReportContext") -> str:
         f"<title>{escape(ctx.title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{escape(ctx.title)}</h1>",
         f'<p class="meta">{escape(str(ctx.run_dir))} · {ctx.n_iterations} iterations</p>',
-        "<h2>Doctor</h2>",
     ]
+    for section in ctx.sections:
+        parts.append(f"<h2>{escape(section.title)}</h2>{section.html}")
+    parts.append("<h2>Doctor</h2>")
     if not ctx.findings:
         parts.append('<p class="ok">No findings: every rule that had its metrics passed.</p>')
     for f in ctx.findings:
@@ -99,7 +101,10 @@ def _md_cell(value: Any) -> str:
 
 
 def render_markdown(ctx: "ReportContext") -> str:
-    lines = [f"# {ctx.title}", "", f"`{ctx.run_dir}` · {ctx.n_iterations} iterations", "", "## Doctor", ""]
+    lines = [f"# {ctx.title}", "", f"`{ctx.run_dir}` · {ctx.n_iterations} iterations", ""]
+    for section in ctx.sections:
+        lines += [f"## {section.title}", "", section.markdown.rstrip("\n"), ""]
+    lines += ["## Doctor", ""]
     if not ctx.findings:
         lines += ["No findings: every rule that had its metrics passed.", ""]
     for f in ctx.findings:

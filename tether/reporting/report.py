@@ -46,6 +46,17 @@ class ReportContext:
     config_text: str = ""
     eval: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    sections: list["Section"] = field(default_factory=list)  # shown first, before the doctor
+
+
+@dataclass(frozen=True)
+class Section:
+    """An extra section a caller puts at the top (``tether demo``: its evaluation); the caller
+    escapes what it shows."""
+
+    title: str
+    html: str
+    markdown: str
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,8 @@ def write_report(
     *,
     max_samples: int = 6,
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
+    title: str | None = None,
+    sections: list[Section] | None = None,
 ) -> ReportFiles:
     run = load_run(run_dir)
     if not run.metrics:
@@ -70,7 +83,7 @@ def write_report(
     findings = diagnose_trace(trace, thresholds)
     plot_files, plot_list = _plots(trace, findings, out, run.name)
     context = ReportContext(
-        title=f"tether run report: {run.name}",
+        title=title or f"tether run report: {run.name}",
         run_dir=run.run_dir,
         n_iterations=trace.n_iterations,
         findings=findings,
@@ -79,6 +92,7 @@ def write_report(
         samples=_sample_tables(run, max_samples),
         config_text=run.config_text,
         eval=run.eval,
+        sections=list(sections or []),
     )
     out.mkdir(parents=True, exist_ok=True)
     html_path, md_path = out / "report.html", out / "report.md"

@@ -53,20 +53,27 @@ def _per_token(sequence_advantages: torch.Tensor, mask: torch.Tensor) -> torch.T
     return sequence_advantages[:, None] * mask.to(sequence_advantages.dtype)
 
 
+def _sequence_return(x: AdvantageInputs) -> torch.Tensor:
+    """(B,) the response's total reward: its score, minus β·KL summed over its tokens when the
+    KL penalty is in the reward (with KL in the loss this is exactly the score)."""
+    return (x.token_rewards * x.response_mask).sum(1)
+
+
 def group_advantages(x: AdvantageInputs) -> tuple[torch.Tensor, None]:
-    """GRPO: each response's score normalised within its prompt's group, on every token."""
-    return _per_token(group_normalized_advantages(x.scores, x.group_size), x.response_mask), None
+    """GRPO: each response's return normalised within its prompt's group, on every token.
+    (The return, not the bare score: with ``kl_penalty=reward`` the KL must not vanish.)"""
+    return _per_token(group_normalized_advantages(_sequence_return(x), x.group_size), x.response_mask), None
 
 
 def group_advantages_no_std(x: AdvantageInputs) -> tuple[torch.Tensor, None]:
     """Dr. GRPO: centred within the group, not divided by the group's std."""
-    return _per_token(group_normalized_advantages(x.scores, x.group_size, scale_by_std=False), x.response_mask), None
+    advantages = group_normalized_advantages(_sequence_return(x), x.group_size, scale_by_std=False)
+    return _per_token(advantages, x.response_mask), None
 
 
 def rloo_advantages(x: AdvantageInputs) -> tuple[torch.Tensor, None]:
     """RLOO: the KL-shaped return of the whole response minus the mean of the other samples'."""
-    sequence_return = (x.token_rewards * x.response_mask).sum(1)
-    return _per_token(leave_one_out_advantages(sequence_return, x.group_size), x.response_mask), None
+    return _per_token(leave_one_out_advantages(_sequence_return(x), x.group_size), x.response_mask), None
 
 
 def reinforce_pp(x: AdvantageInputs) -> tuple[torch.Tensor, None]:

@@ -7,6 +7,8 @@ Each iteration reads as the algorithm (cleanrl's ppo.py is the model):
     4. advantages GAE (or the algorithm's estimator), whitened
     5. update     K epochs of minibatch steps on the clipped surrogate + value loss
     6. log        metrics.jsonl, samples.jsonl, progress bar; adapt β
+    7. checkpoint full state every ``checkpoint_every`` iterations, at the end, and on
+                  SIGINT/SIGTERM (then stop); ``resume`` continues bit for bit (docs/reliability.md)
 """
 
 from __future__ import annotations
@@ -28,30 +30,34 @@ from tether.rollout.generation import SamplingSettings, generate_rollout
 from tether.rollout.prompts import PromptStream, resolve_prompts
 from tether.rollout.rewards import describe_nonfinite, is_finite
 from tether.train.algorithms import ALGORITHMS, AdvantageInputs
-from tether.train.ppo_config import PPOConfig
+from tether.train.ppo_config import PPOConfig, preflight
 from tether.train.rl_phases import autocast, run_updates, score_rollout, shape_rewards
 from tether.train.roles import build_roles
-from tether.train.run_dir import RunDirectory, make_scheduler
+from tether.train.run_dir import RunDirectory, make_scheduler, resume_checkpoint
 from tether.types import TrainBatch
+from tether.utils.checkpoint import Checkpointer
 from tether.utils.seeding import seed_everything
+from tether.utils.signals import GracefulStop
 
 
 def train_ppo(config: PPOConfig) -> Path:
-    """Run the loop; returns the run directory (metrics, samples, final policy)."""
+    """Run the loop; returns the run directory (metrics, samples, checkpoints, final policy)."""
     algorithm = ALGORITHMS[config.algorithm]
     kl_in_loss = (config.kl_penalty if config.kl_penalty != "auto" else algorithm.default_kl_penalty) == "loss"
+    preflight(config)  # every check that needs no model: fail in a second, not after loading
     device = resolve_device(config.device)
     seed_everything(config.seed)
-    run = RunDirectory.create(config, quiet=config.quiet)
+    resume_from = resume_checkpoint(config)  # None: a fresh run
+    prompt_list = resolve_prompts(config.prompts)
+    run = RunDirectory.create(config, quiet=config.quiet, resume_history=resume_from and resume_from["history"])
 
     roles = build_roles(config, device, algorithm.uses_critic)
-    prompts = PromptStream(resolve_prompts(config.prompts), roles.tokenizer, config.chat_template,
-                           config.max_prompt_tokens, config.seed)
+    prompts = PromptStream(prompt_list, roles.tokenizer, config.chat_template, config.max_prompt_tokens, config.seed)
     sampling = SamplingSettings(config.max_new_tokens, config.temperature, config.top_k, config.top_p)
     policy_params, critic_params = roles.trainable_groups()
     groups = [{"params": policy_params, "lr": config.learning_rate}]
     if critic_params:
-        groups.append({"params": critic_params, "lr": config.critic_learning_rate or config.learning_rate})
+        groups.append({"params": critic_params, "lr": config.learning_rate if config.critic_learning_rate is None else config.critic_learning_rate})
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay, eps=config.adam_eps)
     steps_per_iteration = 1 if algorithm.single_step else (
         config.ppo_epochs * config.batch_size * config.samples_per_prompt // config.mini_batch_size)
@@ -60,10 +66,14 @@ def train_ppo(config: PPOConfig) -> Path:
     kl_ctl = (AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
               if config.kl_target is not None else FixedKLController(config.kl_coef))
     shuffle_generator = torch.Generator().manual_seed(config.seed)
-    consecutive_skips = total_skips = 0
+    ckpt = Checkpointer(run.path, config.checkpoint_every, config.keep_checkpoints, config.total_iterations,
+                        modules={"policy": roles.policy, "critic": roles.critic, "value_head": roles.value_head},
+                        stateful={"optimizer": optimizer, "scheduler": scheduler, "kl": kl_ctl, "prompts": prompts},
+                        generators={"shuffle": shuffle_generator})
+    start, guard = ckpt.restore(resume_from) if resume_from else (0, {"consecutive_skips": 0, "total_skips": 0})
 
-    with run.progress(config.total_iterations) as progress:
-        for iteration in range(1, config.total_iterations + 1):
+    with run.progress(config.total_iterations - start) as progress, GracefulStop() as stop:
+        for iteration in range(start + 1, config.total_iterations + 1):
             t0 = time.perf_counter()
             # 1. generate
             batch_prompts, batch_ids = prompts.next_batch(config.batch_size, config.samples_per_prompt)
@@ -75,10 +85,13 @@ def train_ppo(config: PPOConfig) -> Path:
             scored = score_rollout(roles, rollout, config, device)
             t2 = time.perf_counter()
             if not is_finite(scored.scores):
-                consecutive_skips, total_skips = consecutive_skips + 1, total_skips + 1
+                guard["consecutive_skips"] += 1
+                guard["total_skips"] += 1
                 run.warn(f"iteration {iteration}: {describe_nonfinite(scored.scores)}; update skipped")
-                _check_skips(consecutive_skips, config)
-                run.log(iteration, {"guard/skipped_updates": total_skips}, progress)
+                _check_skips(guard["consecutive_skips"], config)
+                run.log(iteration, {"guard/skipped_updates": guard["total_skips"]}, progress)
+                if ckpt.end_of_iteration(iteration, guard, run.history, stop.requested):
+                    break
                 continue
             # 3. shape rewards
             rewards, kl = shape_rewards(scored, kl_ctl.value, not kl_in_loss, config.kl_estimator)
@@ -96,16 +109,22 @@ def train_ppo(config: PPOConfig) -> Path:
             updates = run_updates(roles, batch, algorithm, config, optimizer, scheduler, kl_ctl.value, kl_in_loss,
                                   device, shuffle_generator, on_skip=lambda why: run.warn(f"iteration {iteration}: {why}; step skipped"))
             t3 = time.perf_counter()
-            total_skips += updates.skipped
-            consecutive_skips = consecutive_skips + 1 if updates.steps == 0 else 0
-            _check_skips(consecutive_skips, config)
+            guard["total_skips"] += updates.skipped
+            guard["consecutive_skips"] = guard["consecutive_skips"] + 1 if updates.steps == 0 else 0
+            _check_skips(guard["consecutive_skips"], config)
             # 6. log, then adapt β on this batch's KL
             metrics = _iteration_metrics(scored, kl, returns, kl_ctl.value, updates, optimizer, config,
-                                         timings=(t1 - t0, t2 - t1, t3 - t2, t3 - t0), skipped=total_skips)
+                                         timings=(t1 - t0, t2 - t1, t3 - t2, t3 - t0), skipped=guard["total_skips"])
             kl_ctl.update(metrics["objective/kl_k1"], len(rollout))
             run.log(iteration, metrics, progress)
             run.log_samples(iteration, _samples(scored, kl, config.log_samples))
+            # 7. checkpoint when due (every N iterations, the last one, or after SIGINT/SIGTERM)
+            if ckpt.end_of_iteration(iteration, guard, run.history, stop.requested):
+                break
 
+    if stop.requested:
+        run.stopped(stop.requested, ckpt.last_saved, f"tether ppo --resume {run.path}")
+        return run.path
     run.save_final(roles, config)
     run.close()
     return run.path

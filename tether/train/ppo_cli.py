@@ -16,10 +16,17 @@ COMMANDS = {
 }
 
 
+# What may change when a run is continued; anything else would not be the same run.
+RESUME_OVERRIDES = ("total_iterations", "checkpoint_every", "keep_checkpoints", "quiet", "max_consecutive_skips")
+
+
 def register(subparsers) -> None:
     for command, (algorithm, help_text) in COMMANDS.items():
         parser = subparsers.add_parser(command, help=help_text, description=help_text)
         parser.add_argument("--config", help="YAML config (see configs/); fields of tether.train.ppo_config.PPOConfig")
+        parser.add_argument("--resume", metavar="RUN_DIR",
+                            help="continue RUN_DIR from its newest complete checkpoint, with its own config.yaml "
+                                 f"(overrides allowed: {', '.join(RESUME_OVERRIDES)})")
         parser.add_argument("overrides", nargs="*", help="key=value overrides applied after the file")
         parser.set_defaults(func=_run, algorithm=algorithm)
 
@@ -29,9 +36,30 @@ def _run(args: argparse.Namespace) -> int:
     from tether.train.ppo_config import PPOConfig
 
     overrides = list(args.overrides)
+    if args.resume:
+        return _resume(args.resume, overrides)
     if not any(o.startswith("algorithm=") for o in overrides):
         overrides.insert(0, f"algorithm={args.algorithm}")
     config = load_config(PPOConfig, args.config, overrides)
     run_dir = train_ppo(config)
     print(f"run written to {run_dir}")
+    return 0
+
+
+def _resume(run_dir: str, overrides: list[str]) -> int:
+    from pathlib import Path
+
+    from tether.errors import ConfigError
+    from tether.train.ppo import train_ppo
+    from tether.train.ppo_config import PPOConfig
+
+    config_path = Path(run_dir) / "config.yaml"
+    if not config_path.is_file():
+        raise ConfigError(f"--resume {run_dir}: no config.yaml there; pass the run directory (runs/<run_name>)")
+    for override in overrides:
+        if override.split("=", 1)[0] not in RESUME_OVERRIDES:
+            raise ConfigError(f"--resume keeps the run's config; only {', '.join(RESUME_OVERRIDES)} may change, "
+                              f"not '{override}' (start a new run for that)")
+    config = load_config(PPOConfig, config_path, [*overrides, f"resume={run_dir}"])
+    print(f"run written to {train_ppo(config)}")
     return 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from tether.errors import ConfigError
+from tether.errors import ConfigError, TetherError
 from tether.ops.losses import Aggregation
 
 Algorithm = Literal["ppo", "a2c", "grpo", "dr_grpo", "rloo", "reinforce_pp"]
@@ -78,6 +78,10 @@ class PPOConfig:
     save_critic: bool = True
     quiet: bool = False  # no progress bar (CI)
     metric_sinks: list[str] | None = None  # extra sinks: tensorboard, wandb, mlflow
+    # --- reliability (docs/reliability.md) ------------------------------------------------------
+    checkpoint_every: int = 0  # full-state checkpoint every N iterations; 0 = only at the end/interrupt
+    keep_checkpoints: int = 2  # newest checkpoints kept in <run>/checkpoints
+    resume: str | None = None  # "auto": continue <output_dir>/<run_name> if it has a checkpoint; or a run dir
 
     def __post_init__(self) -> None:
         if (self.reward_model is None) == (self.reward_function is None):
@@ -108,5 +112,107 @@ class PPOConfig:
                 raise ConfigError(f'field "{name}" must be >= 0')
         if self.kl_target is not None and self.kl_target <= 0:
             raise ConfigError('field "kl_target" must be > 0 (or null for a fixed β)')
+        if self.checkpoint_every < 0:
+            raise ConfigError('field "checkpoint_every" must be >= 0 (0 = only at the end or on interrupt)')
+        if self.keep_checkpoints < 1:
+            raise ConfigError('field "keep_checkpoints" must be >= 1')
+        if self.resume == "auto" and not self.run_name:
+            raise ConfigError('resume: auto needs a run_name (the run directory to continue)')
         if not 0 <= self.lam <= 1 or not 0 <= self.gamma <= 1:
             raise ConfigError('fields "gamma" and "lam" must be in [0, 1]')
+
+
+def preflight(config: PPOConfig) -> None:
+    """Checks that need the file system or the hardware, run before any model is loaded
+    (docs/reliability.md lists each with its test): one message, with the fix, per failure."""
+    from pathlib import Path
+
+    import torch
+
+    from tether.models.loading import resolve_device
+    from tether.models.registry import resolve_model
+    from tether.rollout.rewards import load_function
+
+    device = resolve_device(config.device)  # cuda requested but absent: one line
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device '{config.device}' requested but MPS is not available; use device=cpu or device=auto")
+    if config.precision == "bf16" and not _bf16_works(device):
+        raise ConfigError(f"precision=bf16 is not supported on {device}; use precision=fp32")
+    folders = {}
+    for name in ("policy", "reference", "reward_model", "critic_model"):
+        spec = getattr(config, name)
+        if spec is not None:
+            try:
+                folders[name] = Path(resolve_model(spec))
+            except TetherError as exc:
+                raise ConfigError(f'field "{name}": {exc}') from None
+    if config.reward_function is not None:
+        load_function(config.reward_function)
+    policy_config = _model_config(folders["policy"])
+    context = policy_config.get("max_position_embeddings")
+    needed = config.max_prompt_tokens + config.max_new_tokens
+    if context and needed > context:
+        raise ConfigError(
+            f"max_prompt_tokens + max_new_tokens = {needed} exceeds the policy's context of {context} tokens "
+            f"(max_position_embeddings); lower max_prompt_tokens or max_new_tokens"
+        )
+    _check_tokenizer(config.policy, policy_config)
+    _check_disk(config, folders)
+
+
+def _bf16_works(device) -> bool:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            torch.ones(2, 2, device=device) @ torch.ones(2, 2, device=device)
+        return True
+    except (RuntimeError, AssertionError):
+        return False
+
+
+def _model_config(folder) -> dict:
+    import json
+
+    path = folder / "config.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        raise ConfigError(f"{path} is not valid JSON; re-export the model with save_pretrained") from None
+
+
+def _check_tokenizer(spec: str, model_config: dict) -> None:
+    from tether.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(spec)  # no EOS: one line
+    vocab = model_config.get("vocab_size")
+    if vocab and len(tokenizer) > vocab:
+        raise ConfigError(
+            f"the policy's tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {vocab}; "
+            "use the tokenizer saved with this model (or resize the embeddings)"
+        )
+    for what, token_id in (("EOS", tokenizer.eos_token_id), ("pad", tokenizer.pad_token_id)):
+        if vocab and token_id >= vocab:
+            raise ConfigError(f"the tokenizer's {what} id {token_id} is outside the model's vocabulary ({vocab})")
+
+
+def _check_disk(config: PPOConfig, folders: dict) -> None:
+    """Each checkpoint holds the trained weights and two Adam moments (3x their size)."""
+    import shutil
+    from pathlib import Path
+
+    weights = sum(f.stat().st_size for f in folders["policy"].glob("*.safetensors"))
+    critic = folders.get("critic_model") or folders.get("reward_model") or folders["policy"]
+    weights += sum(f.stat().st_size for f in critic.glob("*.safetensors"))
+    needed = 3 * weights * (config.keep_checkpoints + 1) + weights
+    where = Path(config.resume if config.resume not in (None, "auto") else config.output_dir).absolute()
+    while not where.exists():
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if needed > free:
+        raise ConfigError(
+            f"checkpoints need about {needed / 2**30:.1f} GiB but {where} has {free / 2**30:.1f} GiB free; "
+            "free some space, lower keep_checkpoints, or set output_dir to a larger disk"
+        )

@@ -40,9 +40,11 @@ from tether.models.loading import load_tokenizer, resolve_device
 from tether.models.scalar_head import ScalarHeadModel
 from tether.ops.losses import bradley_terry_loss
 from tether.train.rl_phases import autocast
-from tether.train.run_dir import RunDirectory, save_pretrained_atomic
-from tether.train.sft import epoch_batches, make_optimizer, planned_steps, report, validate_common
+from tether.train.run_dir import RunDirectory, resume_checkpoint, save_pretrained_atomic
+from tether.train.sft import epoch_batches, guarded_step, make_optimizer, planned_steps, report, validate_common
+from tether.utils.checkpoint import Checkpointer
 from tether.utils.seeding import seed_everything
+from tether.utils.signals import GracefulStop
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,9 @@ class RewardModelConfig:
     run_name: str | None = None  # default: rm-<timestamp>
     quiet: bool = False  # no progress bar (CI)
     metric_sinks: list[str] | None = None  # extra sinks: tensorboard, wandb, mlflow
+    checkpoint_every: int = 0  # full-state checkpoint every N steps; 0 = only at the end/interrupt
+    keep_checkpoints: int = 2  # newest checkpoints kept in <run>/checkpoints
+    resume: str | None = None  # "auto": continue <output_dir>/<run_name> from its checkpoint; or a run dir
 
     def __post_init__(self) -> None:
         if not self.data:
@@ -106,7 +111,8 @@ def train_reward_model(config: RewardModelConfig) -> Path:
     pad_id = tokenizer.pad_token_id
 
     train_data, eval_data = load_preference_splits(config)
-    run = RunDirectory.create(config, quiet=config.quiet)
+    resume_from = resume_checkpoint(config)
+    run = RunDirectory.create(config, quiet=config.quiet, resume_history=resume_from and resume_from["history"])
     tokenize = lambda data: tokenize_pairs(  # noqa: E731
         data.pairs, tokenizer, config.max_length, config.max_prompt_length, config.chat_template)
     train_items, train_dropped = tokenize(train_data)
@@ -121,23 +127,34 @@ def train_reward_model(config: RewardModelConfig) -> Path:
     optimizer, scheduler = make_optimizer(model.parameters(), config, total_steps)
     collate = lambda items: collate_pairs(items, pad_id)  # noqa: E731
 
-    with run.progress(total_steps, "reward model") as progress:
+    ckpt = Checkpointer(run.path, config.checkpoint_every, config.keep_checkpoints, total_steps,
+                        modules={"model": model}, stateful={"optimizer": optimizer, "scheduler": scheduler})
+    start = ckpt.restore(resume_from)[0] if resume_from else 0
+
+    with run.progress(total_steps - start, "reward model") as progress, GracefulStop("the current step") as stop:
         for step, batch in enumerate(epoch_batches(train_items, collate, config, total_steps), start=1):
+            if step <= start:
+                continue  # resumed: the batch order is a function of (seed, epoch), so skipping restores it
             with autocast(device, config.precision):
                 loss, stats = preference_loss(model, batch.to(device), config)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            metrics = {"train/loss": loss.item(), "train/accuracy": stats["accuracy"].item(),
-                       "train/margin": stats["margin"].item(), "train/grad_norm": float(grad_norm),
-                       "train/lr": scheduler.get_last_lr()[0]}
+            metrics = {"guard/skipped": 1.0}
+            if guarded_step(optimizer, scheduler, loss, grad_norm, run, step):
+                metrics = {"train/loss": loss.item(), "train/accuracy": stats["accuracy"].item(),
+                           "train/margin": stats["margin"].item(), "train/grad_norm": float(grad_norm),
+                           "train/lr": scheduler.get_last_lr()[0]}
             if eval_items and (step % config.eval_every == 0 or step == total_steps):
                 metrics.update({f"eval/{k}": v for k, v in evaluate_pairs(model, eval_items, pad_id, config).items()})
-            run.logger.log(step, metrics)
-            progress.advance(1, loss=metrics["train/loss"], acc=metrics["train/accuracy"])
+            run.log(step, metrics)
+            progress.advance(1, loss=metrics.get("train/loss", float("nan")), acc=metrics.get("train/accuracy", 0.0))
+            if ckpt.end_of_iteration(step, {}, run.history, stop.requested):
+                break
 
+    if stop.requested:
+        run.stopped(stop.requested, ckpt.last_saved, f"tether train-rm --config {run.path / 'config.yaml'} resume={run.path}")
+        return run.path / "reward_model"
     model.eval()
     if config.normalize != "none":
         prompts, responses = reference_set(config, train_data, tokenizer, device)

@@ -7,11 +7,13 @@ Layout::
     runs/<name>/samples.jsonl    sample generations per iteration
     runs/<name>/policy/          final policy (save_pretrained; AutoModelForCausalLM loads it)
     runs/<name>/critic/          final critic (AutoModelForSequenceClassification), if any
+    runs/<name>/checkpoints/     full-state checkpoints for resume (tether.utils.checkpoint)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import shutil
@@ -24,7 +26,8 @@ import torch
 import yaml
 
 from tether.errors import TetherError
-from tether.reporting.sinks import RunLogger
+from tether.reporting.sinks import RunLogger, _jsonable
+from tether.utils.checkpoint import assert_finite, find_latest, read_checkpoint
 
 
 def make_scheduler(optimizer, schedule: str, warmup_steps: int, total_steps: int):
@@ -44,6 +47,20 @@ def make_scheduler(optimizer, schedule: str, warmup_steps: int, total_steps: int
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def _truncate_jsonl(path: Path, last_iteration: int) -> None:
+    """Keep the rows of iterations <= last_iteration (and drop a torn last line)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("iteration", 0) <= last_iteration:
+                keep.append(line + "\n")
+        except ValueError:
+            continue
+    write_atomic(path, "".join(keep))
+
+
 def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -55,6 +72,7 @@ def write_atomic(path: Path, text: str) -> None:
 
 def save_pretrained_atomic(model, path: Path, tokenizer=None) -> None:
     """save_pretrained into a temporary folder, then rename: a crash never leaves half a model."""
+    assert_finite({path.name: model})  # never write NaN/inf weights
     tmp = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     from tether.models.loading import quiet_transformers
@@ -68,23 +86,61 @@ def save_pretrained_atomic(model, path: Path, tokenizer=None) -> None:
     os.replace(tmp, path)
 
 
+def run_path(config) -> Path:
+    """``<output_dir>/<run_name>``, or the run being resumed when ``resume`` names a folder."""
+    resume = getattr(config, "resume", None)
+    if resume not in (None, "auto"):
+        return Path(resume)
+    name = config.run_name or f"{getattr(config, 'algorithm', 'run')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return Path(config.output_dir) / name
+
+
+def resume_checkpoint(config) -> dict | None:
+    """The state to continue from: ``resume: auto`` takes the run's newest complete checkpoint
+    when there is one (else starts afresh), ``resume: RUN_DIR`` requires one."""
+    if config.resume is None:
+        return None
+    path = run_path(config)
+    latest = find_latest(path)
+    if latest is None:
+        if config.resume == "auto":
+            return None
+        raise TetherError(f"{path} has no complete checkpoint to resume from; start it again without resume "
+                          "(set checkpoint_every to checkpoint during a run)")
+    print(f"resuming from {latest}", file=sys.stderr)
+    return read_checkpoint(latest)
+
+
 class RunDirectory:
     def __init__(self, path: Path, logger: RunLogger, quiet: bool):
         self.path = path
         self.logger = logger
         self.quiet = quiet
+        self.history: list[tuple[int, dict]] = []  # (iteration, metrics) so far: saved in checkpoints
 
     @classmethod
-    def create(cls, config, quiet: bool = False) -> "RunDirectory":
-        name = config.run_name or f"{getattr(config, 'algorithm', 'run')}-{time.strftime('%Y%m%d-%H%M%S')}"
-        path = Path(config.output_dir) / name
-        if (path / "metrics.jsonl").exists():
+    def create(cls, config, quiet: bool = False, resume_history: list | None = None) -> "RunDirectory":
+        """A new run directory; with ``resume_history`` (from a checkpoint) the existing one,
+        its metrics.jsonl rewritten from that history and samples.jsonl cut at the same
+        iteration, so that no iteration is logged twice."""
+        path = run_path(config)
+        if resume_history is not None:
+            last = resume_history[-1][0] if resume_history else 0
+            _truncate_jsonl(path / "samples.jsonl", last)
+            write_atomic(path / "metrics.jsonl", "".join(
+                json.dumps({k: _jsonable(v) for k, v in {"iteration": it, **m}.items()}, ensure_ascii=False) + "\n" for it, m in resume_history))
+        elif (path / "metrics.jsonl").exists():
+            if not getattr(config, "overwrite", False) and getattr(config, "resume", None) == "auto":
+                raise TetherError(f"run directory {path} holds a run but no complete checkpoint to resume from; "
+                                  "pass overwrite=true to start it again")
             if not getattr(config, "overwrite", False):
                 raise TetherError(
-                    f"run directory {path} already holds a run; choose another run_name, or pass overwrite=true to replace it"
+                    f"run directory {path} already holds a run; choose another run_name, pass overwrite=true "
+                    f"to replace it, or resume=auto to continue it from its last checkpoint"
                 )
             for stale in ("metrics.jsonl", "samples.jsonl"):
                 (path / stale).unlink(missing_ok=True)
+            shutil.rmtree(path / "checkpoints", ignore_errors=True)
         path.mkdir(parents=True, exist_ok=True)
         write_atomic(path / "config.yaml", yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
         extra = []
@@ -92,7 +148,9 @@ class RunDirectory:
             from tether.reporting.sinks import make_sinks
 
             extra = make_sinks(config.metric_sinks, path, dataclasses.asdict(config))
-        return cls(path, RunLogger(path, extra), quiet)
+        run = cls(path, RunLogger(path, extra), quiet)
+        run.history = [(it, dict(m)) for it, m in (resume_history or [])]
+        return run
 
     @contextmanager
     def progress(self, total: int, name: str = "training"):
@@ -103,6 +161,7 @@ class RunDirectory:
 
     def log(self, iteration: int, metrics: dict[str, float], progress=None) -> None:
         self.logger.log(iteration, metrics)
+        self.history.append((iteration, dict(metrics)))
         if progress is not None:
             fields = {}
             if "objective/score_mean" in metrics:
@@ -116,6 +175,12 @@ class RunDirectory:
 
     def warn(self, message: str) -> None:
         print(f"warning: {message}", file=sys.stderr)
+
+    def stopped(self, signal_name: str, iteration: int | None, resume_command: str) -> None:
+        """After SIGINT/SIGTERM: close the logs and say how to continue."""
+        self.close()
+        print(f"stopped by {signal_name} after iteration {iteration}; checkpoint in {self.path / 'checkpoints'}. "
+              f"Continue with: {resume_command}", file=sys.stderr)
 
     def save_final(self, roles, config) -> None:
         save_pretrained_atomic(roles.policy, self.path / "policy", roles.tokenizer)

@@ -28,8 +28,10 @@ from tether.models.forward import policy_forward
 from tether.models.loading import load_causal_lm, load_tokenizer, resolve_device
 from tether.ops.masking import masked_mean
 from tether.train.rl_phases import autocast
-from tether.train.run_dir import RunDirectory, make_scheduler, save_pretrained_atomic
+from tether.train.run_dir import RunDirectory, make_scheduler, resume_checkpoint, save_pretrained_atomic
+from tether.utils.checkpoint import Checkpointer
 from tether.utils.seeding import seed_everything
+from tether.utils.signals import GracefulStop
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,9 @@ class SFTConfig:
     run_name: str | None = None  # default: sft-<timestamp>
     quiet: bool = False  # no progress bar (CI)
     metric_sinks: list[str] | None = None  # extra sinks: tensorboard, wandb, mlflow
+    checkpoint_every: int = 0  # full-state checkpoint every N steps; 0 = only at the end/interrupt
+    keep_checkpoints: int = 2  # newest checkpoints kept in <run>/checkpoints
+    resume: str | None = None  # "auto": continue <output_dir>/<run_name> from its checkpoint; or a run dir
 
     def __post_init__(self) -> None:
         if not self.data:
@@ -80,7 +85,8 @@ def train_sft(config: SFTConfig) -> Path:
     pad_id = tokenizer.pad_token_id
 
     train_data, eval_data = load_demonstration_splits(config)
-    run = RunDirectory.create(config, quiet=config.quiet)
+    resume_from = resume_checkpoint(config)
+    run = RunDirectory.create(config, quiet=config.quiet, resume_history=resume_from and resume_from["history"])
     tokenize = lambda data: tokenize_demonstrations(  # noqa: E731
         data.examples, tokenizer, config.max_length, config.max_prompt_length, config.chat_template)
     train_items, train_dropped = tokenize(train_data)
@@ -94,22 +100,34 @@ def train_sft(config: SFTConfig) -> Path:
     optimizer, scheduler = make_optimizer(model.parameters(), config, total_steps)
     collate = lambda items: collate_examples(items, pad_id)  # noqa: E731
 
-    with run.progress(total_steps, "sft") as progress:
+    ckpt = Checkpointer(run.path, config.checkpoint_every, config.keep_checkpoints, total_steps,
+                        modules={"model": model}, stateful={"optimizer": optimizer, "scheduler": scheduler})
+    start = ckpt.restore(resume_from)[0] if resume_from else 0
+
+    with run.progress(total_steps - start, "sft") as progress, GracefulStop("the current step") as stop:
         for step, batch in enumerate(epoch_batches(train_items, collate, config, total_steps), start=1):
+            if step <= start:
+                continue  # resumed: the batch order is a function of (seed, epoch), so skipping restores it
             with autocast(device, config.precision):
                 loss = completion_nll(model, batch.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            metrics = {"train/loss": loss.item(), "train/grad_norm": float(grad_norm),
-                       "train/lr": scheduler.get_last_lr()[0]}
+            if guarded_step(optimizer, scheduler, loss, grad_norm, run, step):
+                metrics = {"train/loss": loss.item(), "train/grad_norm": float(grad_norm),
+                           "train/lr": scheduler.get_last_lr()[0]}
+            else:
+                metrics = {"guard/skipped": 1.0}
             if eval_items and (step % config.eval_every == 0 or step == total_steps):
                 metrics["eval/loss"] = evaluate_nll(model, eval_items, collate, config.batch_size, device, config.precision)
-            run.logger.log(step, metrics)
-            progress.advance(1, loss=metrics["train/loss"])
+            run.log(step, metrics)
+            progress.advance(1, loss=metrics.get("train/loss", float("nan")))
+            if ckpt.end_of_iteration(step, {}, run.history, stop.requested):
+                break
 
+    if stop.requested:
+        run.stopped(stop.requested, ckpt.last_saved, f"tether sft --config {run.path / 'config.yaml'} resume={run.path}")
+        return run.path / "policy"
     model.eval()
     save_pretrained_atomic(model, run.path / "policy", tokenizer)
     run.close()
@@ -167,10 +185,26 @@ def validate_common(config) -> None:
         raise ConfigError(
             f'field "max_prompt_length" must be between 1 and max_length - 1 = {config.max_length - 1}, '
             f"got {config.max_prompt_length}: the response needs room")
+    if config.checkpoint_every < 0 or config.keep_checkpoints < 1:
+        raise ConfigError('fields "checkpoint_every" must be >= 0 and "keep_checkpoints" >= 1')
+    if config.resume == "auto" and not config.run_name:
+        raise ConfigError("resume: auto needs a run_name (the run directory to continue)")
     if not 0 <= config.eval_fraction < 1:
         raise ConfigError(f'field "eval_fraction" must be in [0, 1), got {config.eval_fraction}')
     if config.learning_rate < 0 or config.weight_decay < 0 or config.max_grad_norm <= 0:
         raise ConfigError('fields "learning_rate", "weight_decay" must be >= 0 and "max_grad_norm" > 0')
+
+
+def guarded_step(optimizer, scheduler, loss, grad_norm, run: RunDirectory, step: int) -> bool:
+    """Apply the step unless the loss or gradient is NaN/inf (then skip it and warn): weights
+    are never made non-finite."""
+    if torch.isfinite(loss) and torch.isfinite(grad_norm):
+        optimizer.step()
+        scheduler.step()
+        return True
+    optimizer.zero_grad(set_to_none=True)
+    run.warn(f"step {step}: non-finite {'loss' if not torch.isfinite(loss) else 'gradient'}; step skipped")
+    return False
 
 
 def planned_steps(num_items: int, config) -> int:

@@ -1,0 +1,117 @@
+"""Shared pieces of the benchmarks: the fixed prompt list, the machine's matmul rate, the FLOP
+count, the scalar-head reward model folder, and peak RSS.
+
+FLOP convention (documented in docs/performance.md):
+  forward  = 2 * N * tokens      backward = 4 * N * tokens      (so a training step = 6 * N * tokens)
+where N is split in two parts, because tether runs them on different positions:
+  N_body = parameters of the transformer body (embedding table excluded: a lookup is not a matmul)
+  N_head = the LM head (576 x 49,152 for SmolLM2; tied to the embedding, counted once, here)
+The body runs on every position of the trimmed (prompt | response) batch, padding included
+(it is computed); the LM head runs on the R response positions only (tether's policy_forward),
+and on one position per decode step in generate(). Attention's L^2 term is ignored (L <= ~90
+here: under 2% of the body's FLOPs). Scalar heads (576 x 1) are ignored.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from pathlib import Path
+
+# Short user prompts; SmolLM2's chat template adds a ~30-token system prompt, so each prompt is
+# ~36-42 tokens in all.
+PROMPTS = [
+    "Name a fruit.",
+    "Say hello.",
+    "What is two plus two?",
+    "Describe the sky.",
+    "Give me a color.",
+    "Tell a short joke.",
+    "Name a planet.",
+    "What do cats eat?",
+    "Write one word.",
+    "Suggest a pet name.",
+    "What is rain?",
+    "Count to three.",
+    "Name a tree.",
+    "Describe a river.",
+    "Say something kind.",
+    "Name an ocean.",
+]
+
+
+def matmul_rate(dtype_name: str, n: int = 2048, seconds: float = 1.5) -> float:
+    """FLOP/s of torch.matmul(n x n, n x n) in a loop on this machine, now (best of repeats)."""
+    import torch
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    a = torch.randn(n, n, dtype=dtype)
+    b = torch.randn(n, n, dtype=dtype)
+    torch.matmul(a, b)  # warm
+    best = 0.0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        torch.matmul(a, b)
+        dt = time.perf_counter() - t0
+        best = max(best, 2 * n**3 / dt)
+    return best
+
+
+def param_counts(causal_lm) -> tuple[int, int]:
+    """(N_body, N_head) of a Hugging Face causal LM (see the module docstring)."""
+    head = causal_lm.get_output_embeddings()
+    emb = causal_lm.get_input_embeddings()
+    n_head = head.weight.numel()
+    seen = {id(p) for p in (head.weight, emb.weight)}
+    n_body = sum(p.numel() for p in causal_lm.parameters() if id(p) not in seen)
+    return n_body, n_head
+
+
+def iteration_flops(n_body: int, n_head: int, B: int, P: int, R: int, epochs: int, separate_critic: bool,
+                    reward_model: bool = True) -> dict[str, float]:
+    """Model FLOPs of one PPO iteration as tether computes it (B rows, prompt width P,
+    response width R; all models the same size, as in these benchmarks)."""
+    L = P + R
+    body_fwd = 2 * n_body * B * L
+    head_fwd = 2 * n_head * B * R
+    generate = 2 * n_body * B * L + head_fwd  # prefill + decode steps; head on one position per step
+    score = 2 * (body_fwd + head_fwd)  # policy (old log-probs) + reference
+    if separate_critic:
+        score += body_fwd
+    if reward_model:
+        score += body_fwd
+    per_epoch = 3 * (body_fwd + head_fwd) + (3 * body_fwd if separate_critic else 0)
+    update = epochs * per_epoch
+    return {"generate": generate, "score": score, "update": update, "total": generate + score + update}
+
+
+def make_reward_model(folder: Path, seed: int = 0) -> Path:
+    """A SmolLM2 with a fresh scalar head, saved with save_pretrained (no hub)."""
+    import torch
+
+    from tether.models.scalar_head import ScalarHeadModel
+
+    if (folder / "config.json").exists():
+        return folder
+    torch.manual_seed(seed)
+    rm = ScalarHeadModel.from_pretrained("smollm2", fresh_head=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    if hasattr(rm, "save_pretrained"):
+        rm.save_pretrained(folder)
+    else:
+        rm.hf_model.save_pretrained(folder)
+    from tether.models.loading import load_tokenizer
+
+    load_tokenizer("smollm2").save_pretrained(folder)
+    return folder
+
+
+def peak_rss_mb() -> float:
+    """Peak RSS of this process in MiB (ru_maxrss is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)

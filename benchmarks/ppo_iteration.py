@@ -1,0 +1,229 @@
+"""Seconds per PPO iteration, per phase, and achieved FLOP/s of tether's loop on SmolLM2-135M.
+
+The iteration is tether's own: roles from ``tether.train.roles.build_roles``, then the phases
+of ``tether.train.ppo.train_ppo`` in the same order with the same functions (generate_rollout,
+score_rollout, shape_rewards, the algorithm's advantages, run_updates) and the same
+optimizer/scheduler. The one difference: responses are forced to exactly --response-tokens
+tokens (SamplingSettings.min_new_tokens = max_new_tokens, i.e. EOS suppressed until then), so
+every iteration does the same work. Nothing is written to disk (no run directory).
+
+    .venv/bin/python benchmarks/ppo_iteration.py --precision fp32 --critic separate --iterations 2 --warmup 1
+
+Prints a table on stdout; --json FILE writes the figures (used by vs_trl.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import PROMPTS, iteration_flops, log, make_reward_model, matmul_rate, param_counts, peak_rss_mb  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--critic", choices=["separate", "shared"], default="separate")
+    p.add_argument("--iterations", type=int, default=2, help="measured iterations")
+    p.add_argument("--warmup", type=int, default=1, help="unmeasured iterations first")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--micro-batch-size", type=int, default=8)
+    p.add_argument("--response-tokens", type=int, default=48)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--reward-model", default=None, help="scalar-head folder (default: a fresh-head SmolLM2 in a temp dir)")
+    p.add_argument("--no-matmul", action="store_true", help="skip the matmul-rate measurement")
+    p.add_argument("--json", default=None, help="write the figures to this file")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="after the measured iterations, run one more under torch.profiler and print the top N ops")
+    return p.parse_args(argv)
+
+
+def build(args, reward_folder: Path):
+    import torch
+
+    from tether.models.loading import resolve_device
+    from tether.ops.kl import FixedKLController
+    from tether.rollout.generation import SamplingSettings
+    from tether.rollout.prompts import PromptStream
+    from tether.train.algorithms import ALGORITHMS
+    from tether.train.ppo_config import PPOConfig
+    from tether.train.roles import build_roles
+    from tether.train.run_dir import make_scheduler
+    from tether.utils.seeding import seed_everything
+
+    config = PPOConfig(
+        policy="smollm2", reward_model=str(reward_folder), critic=args.critic, batch_size=args.batch_size,
+        mini_batch_size=args.batch_size, micro_batch_size=args.micro_batch_size, forward_batch_size=args.batch_size,
+        ppo_epochs=args.epochs, max_new_tokens=args.response_tokens, precision=args.precision, device="cpu",
+        total_iterations=args.warmup + args.iterations, seed=args.seed, quiet=True,
+    )
+    algorithm = ALGORITHMS[config.algorithm]
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    roles = build_roles(config, device, algorithm.uses_critic)
+    prompts = PromptStream(PROMPTS, roles.tokenizer, config.chat_template, config.max_prompt_tokens, config.seed)
+    sampling = SamplingSettings(config.max_new_tokens, config.temperature, config.top_k, config.top_p,
+                                min_new_tokens=config.max_new_tokens)
+    policy_params, critic_params = roles.trainable_groups()
+    groups = [{"params": policy_params, "lr": config.learning_rate}]
+    if critic_params:
+        groups.append({"params": critic_params, "lr": config.critic_learning_rate or config.learning_rate})
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay, eps=config.adam_eps)
+    steps = config.ppo_epochs * config.batch_size // config.mini_batch_size
+    scheduler = make_scheduler(optimizer, config.lr_schedule, config.warmup_steps, config.total_iterations * steps)
+    kl_ctl = FixedKLController(config.kl_coef)
+    return dict(config=config, algorithm=algorithm, device=device, roles=roles, prompts=prompts, sampling=sampling,
+                optimizer=optimizer, scheduler=scheduler, kl_ctl=kl_ctl,
+                generator=torch.Generator().manual_seed(config.seed))
+
+
+def one_iteration(s) -> dict:
+    """train_ppo's loop body (tether/train/ppo.py), minus logging and the run directory."""
+    from tether.rollout.generation import generate_rollout
+    from tether.train.algorithms import AdvantageInputs
+    from tether.train.rl_phases import autocast, run_updates, score_rollout, shape_rewards
+    from tether.types import TrainBatch
+
+    config, roles, algorithm, device = s["config"], s["roles"], s["algorithm"], s["device"]
+    c0 = time.process_time()  # CPU seconds of this process (all threads): far less load-sensitive than wall time
+    t0 = time.perf_counter()
+    batch_prompts, batch_ids = s["prompts"].next_batch(config.batch_size, config.samples_per_prompt)
+    with autocast(device, config.precision):
+        rollout = generate_rollout(roles.policy, roles.tokenizer, batch_prompts, batch_ids, s["sampling"],
+                                   config.samples_per_prompt)
+    t1 = time.perf_counter()
+    scored = score_rollout(roles, rollout, config, device)
+    t2 = time.perf_counter()
+    rewards, kl = shape_rewards(scored, s["kl_ctl"].value, True, config.kl_estimator)
+    advantages, returns = algorithm.advantages(AdvantageInputs(
+        scored.scores, rewards, scored.old_values, rollout.response_mask, rollout.group_size,
+        config.gamma, config.lam, config.whiten_advantages))
+    batch = TrainBatch(rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids, rollout.response_mask,
+                       scored.old_logprobs, scored.ref_logprobs, advantages, returns, scored.old_values)
+    updates = run_updates(roles, batch, algorithm, config, s["optimizer"], s["scheduler"], s["kl_ctl"].value, False,
+                          device, s["generator"])
+    t3 = time.perf_counter()
+    c3 = time.process_time()
+    lengths = rollout.response_lengths
+    return {
+        "generate_s": t1 - t0, "score_s": t2 - t1, "update_s": t3 - t2, "iteration_s": t3 - t0,
+        "iteration_cpu_s": c3 - c0,
+        "B": len(rollout), "P": int(rollout.prompt_ids.shape[1]), "R": int(rollout.response_ids.shape[1]),
+        "prompt_tokens_mean": rollout.prompt_mask.sum(1).float().mean().item(),
+        "response_tokens_mean": lengths.float().mean().item(), "response_tokens_min": int(lengths.min().item()),
+        "optimizer_steps": updates.steps,
+    }
+
+
+def profile_iteration(s, top: int) -> None:
+    """One extra (unmeasured) iteration under torch.profiler: where the CPU time goes, by op,
+    plus optimizer.step and clip_grad_norm_ as their own labelled ranges."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    opt = s["optimizer"]
+    step = opt.step
+
+    def labelled_step(*a, **k):
+        with record_function("## optimizer.step"):
+            return step(*a, **k)
+
+    opt.step = labelled_step
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def labelled_clip(*a, **k):
+        with record_function("## clip_grad_norm_"):
+            return clip(*a, **k)
+
+    torch.nn.utils.clip_grad_norm_ = labelled_clip
+    try:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            row = one_iteration(s)
+    finally:
+        opt.step = step
+        torch.nn.utils.clip_grad_norm_ = clip
+    log(f"profiled iteration (with profiler overhead): {row['iteration_s']:.1f} s "
+        f"(generate {row['generate_s']:.1f}, score {row['score_s']:.1f}, update {row['update_s']:.1f})")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top, max_name_column_width=40))
+    labelled = [e for e in prof.key_averages() if e.key.startswith("## ")]
+    for e in labelled:
+        print(f"{e.key}: {e.count} calls, {e.cpu_time_total / 1e6:.2f} s total")
+
+
+def run(args) -> dict:
+    import torch
+
+    log(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    with tempfile.TemporaryDirectory(prefix="tether-bench-") as tmp:
+        reward_folder = Path(args.reward_model) if args.reward_model else make_reward_model(Path(tmp) / "rm")
+        t_load = time.perf_counter()
+        s = build(args, reward_folder)
+        load_s = time.perf_counter() - t_load
+        rates = {}
+        if not args.no_matmul:
+            rates = {p: matmul_rate(p) for p in ("fp32", "bf16")}
+        n_body, n_head = param_counts(s["roles"].policy)
+        rows = []
+        for i in range(args.warmup + args.iterations):
+            row = one_iteration(s)
+            row["warmup"] = i < args.warmup
+            rows.append(row)
+            log(f"{'warmup' if row['warmup'] else 'measured'} iteration {i + 1}: {row['iteration_s']:.1f} s "
+                f"(generate {row['generate_s']:.1f}, score {row['score_s']:.1f}, update {row['update_s']:.1f})")
+        if args.profile:
+            profile_iteration(s, args.profile)
+        if not args.no_matmul:  # measure again after the run: the machine's load changes; keep the best
+            rates = {p: max(rates[p], matmul_rate(p)) for p in ("fp32", "bf16")}
+    measured = [r for r in rows if not r["warmup"]] or rows
+    med = {k: statistics.median(r[k] for r in measured) for k in ("generate_s", "score_s", "update_s", "iteration_s")}
+    last = measured[-1]
+    flops = iteration_flops(n_body, n_head, last["B"], last["P"], last["R"], args.epochs, args.critic == "separate")
+    achieved = {k: flops[k] / med[f"{'iteration' if k == 'total' else k}_s"] for k in flops}
+    result = {
+        "framework": "tether", "precision": args.precision, "critic": args.critic, "batch_size": args.batch_size,
+        "micro_batch_size": args.micro_batch_size, "epochs": args.epochs, "iterations": args.iterations,
+        "warmup": args.warmup, "load_s": load_s, "n_body": n_body, "n_head": n_head, "rows": rows,
+        "median": med, "flops": flops, "achieved_flops_per_s": achieved, "matmul_flops_per_s": rates,
+        "fraction_of_matmul": ({k: v / rates[args.precision] for k, v in achieved.items()} if rates else {}),
+        "peak_rss_mb": peak_rss_mb(), "torch_threads": torch.get_num_threads(),
+    }
+    return result
+
+
+def print_table(r: dict) -> None:
+    m, f, a = r["median"], r["flops"], r["achieved_flops_per_s"]
+    frac = r["fraction_of_matmul"]
+    last = [x for x in r["rows"] if not x["warmup"]][-1]
+    print(f"tether PPO iteration, SmolLM2-135M, {r['precision']}, critic={r['critic']}, batch {r['batch_size']}, "
+          f"micro {r['micro_batch_size']}, {r['epochs']} epochs, 1 minibatch, "
+          f"prompt width {last['P']} (mean {last['prompt_tokens_mean']:.1f} tokens), response {last['R']} tokens; "
+          f"median of {r['iterations']} after {r['warmup']} warm-up")
+    print(f"N_body = {r['n_body'] / 1e6:.1f} M, N_head = {r['n_head'] / 1e6:.1f} M")
+    print(f"{'phase':<10} {'s/iter':>8} {'GFLOP':>9} {'GFLOP/s':>9} {'of matmul':>10}")
+    for k, key in (("generate", "generate_s"), ("score", "score_s"), ("update", "update_s"), ("total", "iteration_s")):
+        fr = f"{frac[k]:.1%}" if frac else "-"
+        print(f"{k:<10} {m[key]:8.2f} {f[k] / 1e9:9.1f} {a[k] / 1e9:9.2f} {fr:>10}")
+    if r["matmul_flops_per_s"]:
+        mm = r["matmul_flops_per_s"]
+        print(f"matmul 2048^2 rate, same run: fp32 {mm['fp32'] / 1e9:.1f} GFLOP/s, bf16 {mm['bf16'] / 1e9:.1f} GFLOP/s")
+    print(f"peak RSS {r['peak_rss_mb']:.0f} MiB; model load {r['load_s']:.1f} s; per-iteration s: "
+          + ", ".join(f"{x['iteration_s']:.1f}{'(w)' if x['warmup'] else ''}" for x in r["rows"]))
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    result = run(args)
+    print_table(result)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

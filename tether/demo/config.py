@@ -1,0 +1,79 @@
+"""The typed config of ``tether demo``: sizes of each phase of the pipeline, tuned so the real
+run (SmolLM2-135M-Instruct) finishes in about 20 minutes on 2 CPU cores, and ``--quick`` in a
+few minutes (seconds on ``tiny-llama``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from tether.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    # --- models and the simulated human -----------------------------------------------------
+    model: str = "smollm2"  # the SFT policy (an instruct model is the SFT stage); also the RM backbone
+    labeler: str = "tether.demo.gold:gold_labeler"  # module:function(prompt, responses) -> ranking
+    gold: str = "tether.demo.gold:gold_score"  # module:function(prompt, response) -> float, for evaluation
+    # --- data ---------------------------------------------------------------------------------
+    prompts: str = "builtin:demo"  # training prompts: pairs to label, then PPO rollouts
+    eval_prompts: str = "builtin:demo-eval"  # held-out prompts for the final evaluation
+    # --- 1-2. response pairs, labeled -----------------------------------------------------------
+    pairs: int = 128  # training prompts sampled twice and labeled (one comparison each)
+    pair_temperature: float = 1.0  # sampling temperature of the pairs (> 0: the two must differ)
+    pair_max_new_tokens: int = 32
+    sample_batch_size: int = 32  # responses per generate() call
+    # --- 3. reward model ----------------------------------------------------------------------
+    rm_epochs: int = 2
+    rm_max_steps: int | None = None  # overrides rm_epochs
+    rm_batch_size: int = 8
+    rm_learning_rate: float = 3e-5
+    rm_eval_fraction: float = 0.15  # prompts held out to measure reward-model accuracy
+    # --- 4. PPO -------------------------------------------------------------------------------
+    ppo_iterations: int = 30
+    batch_size: int = 8
+    ppo_epochs: int = 2  # 2, not the usual 4: half the update time, a CPU budget trade
+    mini_batch_size: int = 8
+    micro_batch_size: int = 4
+    max_new_tokens: int = 32
+    temperature: float = 0.7
+    learning_rate: float = 5e-6
+    critic_learning_rate: float = 1e-5
+    kl_coef: float = 0.05  # β
+    kl_target: float | None = None  # set for the adaptive controller (nats per response)
+    # --- 5. evaluation --------------------------------------------------------------------------
+    eval_samples: int = 60  # held-out prompts, one response each from the SFT and the PPO policy
+    bootstrap: int = 2000  # resamples for the 95% intervals
+    show_samples: int = 4  # side-by-side samples in the report
+    # --- system -------------------------------------------------------------------------------
+    seed: int = 0
+    device: str = "auto"
+    output_dir: str = "runs"
+    run_name: str | None = None  # default: demo-<timestamp>
+    overwrite: bool = False  # replace an existing demo run of the same name
+    quiet: bool = False  # plain progress lines instead of bars (CI)
+
+    def __post_init__(self) -> None:
+        positive = ("pairs", "pair_max_new_tokens", "sample_batch_size", "rm_epochs", "rm_batch_size",
+                    "ppo_iterations", "batch_size", "ppo_epochs", "mini_batch_size", "micro_batch_size",
+                    "max_new_tokens", "eval_samples", "bootstrap")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f'field "{name}" must be >= 1, got {getattr(self, name)}')
+        if self.pairs < 4:
+            raise ConfigError(f'field "pairs" must be >= 4 (the reward model needs train and held-out pairs), got {self.pairs}')
+        if self.pair_temperature <= 0 or self.temperature <= 0:
+            raise ConfigError('fields "pair_temperature" and "temperature" must be > 0')
+        if not 0 < self.rm_eval_fraction < 1:
+            raise ConfigError('field "rm_eval_fraction" must be in (0, 1)')
+        for spec in ("labeler", "gold"):
+            if ":" not in getattr(self, spec):
+                raise ConfigError(f'field "{spec}" must look like module:function, got {getattr(self, spec)!r}')
+
+
+# `tether demo --quick`: every phase, small. Minutes on SmolLM2, seconds on tiny-llama.
+QUICK: dict[str, object] = {
+    "pairs": 24, "pair_max_new_tokens": 24, "rm_epochs": 1, "rm_batch_size": 4,
+    "ppo_iterations": 3, "batch_size": 4, "mini_batch_size": 4, "micro_batch_size": 4, "ppo_epochs": 2,
+    "max_new_tokens": 24, "eval_samples": 12, "bootstrap": 500, "show_samples": 2,
+}
+

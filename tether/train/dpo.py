@@ -1,0 +1,279 @@
+"""``tether dpo``: Direct Preference Optimisation (Rafailov et al. 2023), offline, from the same
+preference files the reward model trains on.
+
+    L_DPO = -log σ( β[(log π_θ(y_w|x) - log π_ref(y_w|x)) - (log π_θ(y_l|x) - log π_ref(y_l|x))] )
+
+No reward model and no sampling: the policy is fitted to the comparisons directly, with the
+frozen reference π_ref anchoring it. Variants (``tether.ops.losses.dpo_loss``): conservative
+DPO (``label_smoothing`` > 0: the labels are flipped with that probability; Mitchell 2023) and
+IPO (``loss_type: ipo``; Azar et al. 2023).
+
+log π(y|x) is the sum of the response tokens' log-probs under the mask, from the same
+``build_inputs`` + ``policy_forward`` SFT and PPO use (one forward pass per batch scores
+chosen and rejected together). The reference log-probs never change, so they are computed once
+before training and cached in the run directory (``ref_logps/<hash>.pt``, keyed by the
+tokenised pairs, the reference model's files and the precision): a rerun with the same data and
+reference loads them instead of running π_ref again, and π_ref is not kept in memory.
+
+Metrics per step (``metrics.jsonl``): ``train/loss``, the implicit rewards
+r = β·(log π_θ - log π_ref) of chosen and rejected (``rewards/chosen``, ``rewards/rejected``),
+how often chosen wins (``rewards/accuracy``), their gap (``rewards/margin``) and the policy's
+summed log-probs (``logps/chosen``, ``logps/rejected``: a falling ``logps/chosen`` is the known
+DPO failure ``tether doctor`` watches for); the same under ``eval/`` on held-out pairs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Literal, Sequence
+
+import torch
+
+from tether.data.batching import PreferenceBatch, TokenizedPair, collate_pairs, iterate_batches, tokenize_pairs
+from tether.errors import ConfigError
+from tether.models.forward import policy_forward
+from tether.models.loading import freeze, load_causal_lm, load_tokenizer, resolve_device
+from tether.models.registry import resolve_model
+from tether.ops.losses import dpo_loss
+from tether.train.reward_model import load_preference_splits
+from tether.train.rl_phases import autocast
+from tether.train.run_dir import RunDirectory, resume_checkpoint, save_pretrained_atomic
+from tether.train.sft import epoch_batches, guarded_step, make_optimizer, planned_steps, report, validate_common
+from tether.utils.checkpoint import Checkpointer
+from tether.utils.seeding import seed_everything
+from tether.utils.signals import GracefulStop
+
+DPO_STATS = ("rewards/chosen", "rewards/rejected", "rewards/accuracy", "rewards/margin", "logps/chosen", "logps/rejected")
+
+
+@dataclass(frozen=True)
+class DPOConfig:
+    algorithm: ClassVar[str] = "dpo"  # run directory prefix: runs/dpo-<timestamp>
+    # --- models -------------------------------------------------------------------------------
+    model: str = "tiny-llama"  # policy init: folder, .gguf file, or alias (smollm2, tiny-llama); usually the SFT model
+    reference: str | None = None  # frozen π_ref; default: the policy's starting weights (model)
+    # --- data ---------------------------------------------------------------------------------
+    data: str = ""  # preference pairs or rankings: .jsonl/.json/.csv/.parquet or datasets folder
+    split: str | None = None  # split of a DatasetDict folder (default: train)
+    eval_data: str | None = None  # held-out preferences; default: hold out eval_fraction of the prompts
+    eval_split: str | None = None  # split of eval_data when it is a DatasetDict folder
+    eval_fraction: float = 0.1  # share of prompts held out when eval_data is not given (0: no eval)
+    skip_bad_rows: bool = False  # count and skip malformed rows instead of stopping at the first
+    chat_template: bool | Literal["auto"] = "auto"  # render prompts with the tokenizer's chat template
+    max_length: int = 512  # prompt + response tokens; longer responses are cut at the end
+    max_prompt_length: int | None = None  # cut prompts to their last N tokens; None: keep whole
+    # --- loss ---------------------------------------------------------------------------------
+    beta: float = 0.1  # β: strength of the KL anchor to π_ref (implicit reward scale)
+    label_smoothing: float = 0.0  # cDPO: assumed probability that a label is flipped, in [0, 0.5)
+    loss_type: Literal["sigmoid", "ipo"] = "sigmoid"  # sigmoid: DPO / cDPO; ipo: (h - 1/(2β))²
+    # --- optimisation -------------------------------------------------------------------------
+    epochs: int = 1  # passes over the pairs
+    max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs)
+    batch_size: int = 8  # pairs per optimizer step
+    micro_batch_size: int | None = None  # pairs per forward/backward (gradient accumulation); default batch_size
+    learning_rate: float = 5e-7
+    lr_schedule: Literal["constant", "linear", "cosine"] = "linear"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    eval_every: int = 50  # steps between held-out evaluations (and always after the last step)
+    ref_batch_size: int = 16  # pairs per no-grad forward when precomputing the reference log-probs
+    checkpoint_every: int = 0  # full-state checkpoint every N steps; 0 = only at the end/interrupt
+    keep_checkpoints: int = 2  # newest checkpoints kept in <run>/checkpoints
+    resume: str | None = None  # "auto": continue <output_dir>/<run_name> from its checkpoint; or a run dir
+    # --- system -------------------------------------------------------------------------------
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda, cuda:1, mps
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast compute, fp32 master weights
+    output_dir: str = "runs"
+    run_name: str | None = None  # default: dpo-<timestamp>
+    overwrite: bool = False  # replace an existing run of the same name (its reference cache is kept)
+    quiet: bool = False  # no progress bar (CI)
+    metric_sinks: list[str] | None = None  # extra sinks: tensorboard, wandb, mlflow
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise ConfigError('field "data" is required: a preference file (prompt/chosen/rejected or rankings)')
+        validate_common(self)
+        if not self.beta > 0:
+            raise ConfigError(f'field "beta" must be > 0, got {self.beta}')
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ConfigError(f'field "label_smoothing" must be in [0, 0.5), got {self.label_smoothing}')
+        if self.loss_type == "ipo" and self.label_smoothing:
+            raise ConfigError('label_smoothing applies to loss_type "sigmoid" only (cDPO); set it to 0 for ipo')
+        if self.micro_batch_size is not None and not 1 <= self.micro_batch_size <= self.batch_size:
+            raise ConfigError(f'field "micro_batch_size" must be between 1 and batch_size = {self.batch_size}')
+        if self.ref_batch_size < 1:
+            raise ConfigError(f'field "ref_batch_size" must be >= 1, got {self.ref_batch_size}')
+
+
+# ----- log-probs ----------------------------------------------------------------------------
+
+
+def sequence_logps(model, batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ_t log π(y_w,t|x, y_w,<t), Σ_t log π(y_l,t|...)), each (N,): chosen and rejected in one
+    forward pass, summed over each response's real tokens (the mask, never ``ids != pad``)."""
+    joint = batch.joint()
+    logprobs = policy_forward(model, joint.inputs(), joint.response_ids).logprobs  # (2N, R)
+    summed = (logprobs.float() * joint.response_mask).sum(1)
+    return summed[: len(batch)], summed[len(batch):]
+
+
+@torch.no_grad()
+def all_sequence_logps(model, items: Sequence[TokenizedPair], pad_id: int, batch_size: int, device,
+                       precision: str = "fp32") -> torch.Tensor:
+    """(N, 2) summed log-probs [chosen, rejected] of every pair, on the CPU, in item order."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for batch in iterate_batches(items, batch_size, lambda b: collate_pairs(b, pad_id)):
+        with autocast(device, precision):
+            chosen, rejected = sequence_logps(model, batch.to(device))
+        out.append(torch.stack([chosen, rejected], 1).float().cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, 2)
+
+
+def reference_key(reference: str, items: Sequence[TokenizedPair], precision: str) -> str:
+    """Hash of what the reference log-probs depend on: the tokenised pairs, the reference
+    model's files (name, size, modification time: cheap for a 1 GB model) and the precision."""
+    h = hashlib.sha256()
+    path = resolve_model(reference)
+    h.update(str(path.resolve()).encode())
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        stat = f.stat()
+        h.update(f"{f.relative_to(path) if path.is_dir() else f.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    h.update(precision.encode())
+    for it in items:
+        h.update(json.dumps([it.prompt, it.chosen, it.rejected]).encode())
+    return h.hexdigest()[:16]
+
+
+def reference_logps(config: DPOConfig, items: Sequence[TokenizedPair], pad_id: int, device,
+                    cache_dir: Path) -> tuple[torch.Tensor, bool]:
+    """(N, 2) reference log-probs of ``items``, from ``cache_dir/<hash>.pt`` when there, else
+    computed with π_ref (loaded, used once, released) and cached. Returns (logps, from_cache)."""
+    reference = config.reference or config.model
+    path = cache_dir / f"{reference_key(reference, items, config.precision)}.pt"
+    if path.exists():
+        cached = torch.load(path, map_location="cpu", weights_only=True)
+        if cached.shape == (len(items), 2):
+            return cached, True
+    ref_model = freeze(load_causal_lm(reference, device))
+    logps = all_sequence_logps(ref_model, items, pad_id, config.ref_batch_size, device, config.precision)
+    del ref_model
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(logps, tmp)
+    tmp.replace(path)
+    return logps, False
+
+
+# ----- training -----------------------------------------------------------------------------
+
+
+def train_dpo(config: DPOConfig) -> Path:
+    """Fit the policy to the preferences; returns the run directory (``metrics.jsonl``, the
+    reference cache and the final ``policy/``, loadable with ``AutoModelForCausalLM``)."""
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    tokenizer = load_tokenizer(config.model)
+    pad_id = tokenizer.pad_token_id
+
+    train_data, eval_data = load_preference_splits(config)
+    resume_from = resume_checkpoint(config)
+    run = RunDirectory.create(config, quiet=config.quiet, resume_history=resume_from and resume_from["history"])
+    tokenize = lambda data: tokenize_pairs(  # noqa: E731
+        data.pairs, tokenizer, config.max_length, config.max_prompt_length, config.chat_template)
+    train_items, train_dropped = tokenize(train_data)
+    eval_items, eval_dropped = tokenize(eval_data) if eval_data else ([], 0)
+    train_data.dropped.truncated = train_dropped + eval_dropped
+    report(run, train_data.summary(), train_items)
+
+    # π_ref once, before the policy exists in memory: (N, 2) tensors, cached in the run dir
+    ref_train, cached = reference_logps(config, train_items, pad_id, device, run.path / "ref_logps")
+    ref_eval = reference_logps(config, eval_items, pad_id, device, run.path / "ref_logps")[0] if eval_items else None
+
+    model = load_causal_lm(config.model, device)
+    model.train()
+    total_steps = planned_steps(len(train_items), config)
+    optimizer, scheduler = make_optimizer(model.parameters(), config, total_steps)
+    indexed = list(enumerate(train_items))
+    collate = lambda rows: (torch.tensor([i for i, _ in rows]), collate_pairs([it for _, it in rows], pad_id))  # noqa: E731
+    micro = config.micro_batch_size or config.batch_size
+
+    ckpt = Checkpointer(run.path, config.checkpoint_every, config.keep_checkpoints, total_steps,
+                        modules={"model": model}, stateful={"optimizer": optimizer, "scheduler": scheduler})
+    start = ckpt.restore(resume_from)[0] if resume_from else 0
+
+    with run.progress(total_steps - start, "dpo") as progress, GracefulStop("the current step") as stop:
+        for step, (rows, batch) in enumerate(epoch_batches(indexed, collate, config, total_steps), start=1):
+            if step <= start:
+                continue  # resumed: the batch order is a function of (seed, epoch), so skipping restores it
+            optimizer.zero_grad(set_to_none=True)
+            sums: dict[str, float] = {}
+            total_loss = torch.zeros(())
+            for chunk in torch.arange(len(batch)).split(micro):
+                part = _select(batch, chunk).to(device)
+                ref = ref_train[rows[chunk]].to(device)
+                with autocast(device, config.precision):
+                    chosen, rejected = sequence_logps(model, part)
+                loss, stats = dpo_loss(chosen, rejected, ref[:, 0], ref[:, 1], config.beta,
+                                       config.label_smoothing, config.loss_type)
+                # the loss is a mean over pairs: weighting each chunk by its share keeps accumulation exact
+                share = len(chunk) / len(batch)
+                (loss * share).backward()
+                total_loss = total_loss + loss.detach().float().cpu() * share
+                for name, value in stats.items():
+                    sums[name] = sums.get(name, 0.0) + value.item() * share
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            if guarded_step(optimizer, scheduler, total_loss, grad_norm, run, step):
+                metrics = {"train/loss": total_loss.item(), **sums, "train/grad_norm": float(grad_norm),
+                           "train/lr": scheduler.get_last_lr()[0]}
+            else:
+                metrics = {"guard/skipped": 1.0}
+            if step == start + 1:
+                metrics["ref/cached"] = float(cached)
+            if eval_items and (step % config.eval_every == 0 or step == total_steps):
+                metrics.update({f"eval/{k}": v for k, v in evaluate_dpo(model, eval_items, ref_eval, pad_id, config, device).items()})
+            run.log(step, metrics)
+            progress.advance(1, loss=metrics.get("train/loss", float("nan")), acc=metrics.get("rewards/accuracy", float("nan")))
+            if ckpt.end_of_iteration(step, {}, run.history, stop.requested):
+                break
+
+    if stop.requested:
+        run.stopped(stop.requested, ckpt.last_saved, f"tether dpo --config {run.path / 'config.yaml'} resume={run.path}")
+        return run.path
+    model.eval()
+    save_pretrained_atomic(model, run.path / "policy", tokenizer)
+    run.close()
+    return run.path
+
+
+def evaluate_dpo(model, items: Sequence[TokenizedPair], ref: torch.Tensor, pad_id: int, config: DPOConfig,
+                 device) -> dict[str, float]:
+    """DPO loss, implicit-reward accuracy and margin, and log-probs on held-out pairs."""
+    policy = all_sequence_logps(model, items, pad_id, config.ref_batch_size, device, config.precision)
+    loss, stats = dpo_loss(policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], config.beta,
+                           config.label_smoothing, config.loss_type)
+    return {"loss": loss.item(), **{k: v.item() for k, v in stats.items()}}
+
+
+def _select(batch: PreferenceBatch, rows: torch.Tensor) -> PreferenceBatch:
+    """Rows of a preference batch, with columns that are padding in all of them trimmed
+    (``build_inputs`` trims the prompt side; the response side is cut here)."""
+    def part(b):
+        mask = b.response_mask[rows]
+        width = max(int(mask.sum(1).max().item()), 1)
+        return type(b)(b.prompt_ids[rows], b.prompt_mask[rows], b.response_ids[rows][:, :width], mask[:, :width])
+
+    if len(rows) == len(batch):
+        return batch
+    return PreferenceBatch(part(batch.chosen), part(batch.rejected), batch.margin[rows], batch.weight[rows])
+
+
+__all__ = ["DPOConfig", "train_dpo", "sequence_logps", "reference_logps", "reference_key"]
