@@ -94,7 +94,7 @@ def test_interrupted_and_resumed_run_equals_the_straight_run(tmp_path, capsys, a
 
 
 def test_resume_auto_and_a_longer_total(tmp_path):
-    common = [*SMALL, f"output_dir={tmp_path}", "run_name=r", "resume=auto"]
+    common = [*SMALL, f"output_dir={tmp_path}", "run_name=r", "resume=auto", "checkpoint_every=2"]
     assert main(["ppo", *common, "total_iterations=2"]) == 0  # no checkpoint yet: a fresh run
     assert main(["ppo", "--resume", str(tmp_path / "r"), "total_iterations=4"]) == 0
     assert [r["iteration"] for r in metrics(tmp_path / "r")] == [1, 2, 3, 4]

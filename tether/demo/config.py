@@ -5,6 +5,7 @@ few minutes (seconds on ``tiny-llama``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 from tether.errors import ConfigError
 
 
@@ -45,6 +46,7 @@ class DemoConfig:
     bootstrap: int = 2000  # resamples for the 95% intervals
     show_samples: int = 4  # side-by-side samples in the report
     # --- system -------------------------------------------------------------------------------
+    precision: Literal["fp32", "bf16"] = "bf16"  # bf16 autocast, fp32 master weights: ~3.5x faster on AVX512-BF16 CPUs
     seed: int = 0
     device: str = "auto"
     output_dir: str = "runs"

@@ -24,6 +24,7 @@ from tether.models.loading import freeze, load_causal_lm, load_tokenizer
 from tether.models.scalar_head import ScalarHeadModel
 from tether.reporting.progress import phase_progress
 from tether.rollout.generation import SamplingSettings, generate_rollout
+from tether.utils.precision import autocast
 from tether.rollout.rewards import ModelReward
 from tether.types import Rollout
 
@@ -60,7 +61,7 @@ def bootstrap_ci(values: Sequence[float], resamples: int = 2000, seed: int = 0, 
 @torch.no_grad()
 def sample_and_score(name: str, policy, reference, tokenizer, prompts: list, reward: ModelReward,
                      gold: Callable[[str, str], float], settings: SamplingSettings, seed: int,
-                     quiet: bool | None) -> PolicySamples:
+                     quiet: bool | None, precision: str = "fp32") -> PolicySamples:
     """Sample one response per prompt from ``policy`` and score it every way."""
     out = PolicySamples(name, [], [], [], [], [], [], [])
     torch.manual_seed(seed)  # both policies see the same random stream
@@ -68,7 +69,8 @@ def sample_and_score(name: str, policy, reference, tokenizer, prompts: list, rew
         for start in range(0, len(prompts), EVAL_BATCH):
             chunk = prompts[start : start + EVAL_BATCH]
             ids = [encode_prompt(tokenizer, p) for p in chunk]
-            rollout = generate_rollout(policy, tokenizer, chunk, ids, settings)
+            with autocast(next(policy.parameters()).device, precision):  # sampling only; scores in fp32
+                rollout = generate_rollout(policy, tokenizer, chunk, ids, settings)
             kl = response_kl(policy, reference, rollout, settings.temperature)
             rm_scores = reward(rollout)
             for i, prompt in enumerate(chunk):
@@ -107,7 +109,7 @@ def win_rate(labeler: Callable, a: PolicySamples, b: PolicySamples) -> list[floa
 
 def evaluate_policies(sft_name: str, ppo_dir: Path, rm_dir: Path, prompts: list, labeler: Callable,
                       gold: Callable[[str, str], float], settings: SamplingSettings, device, *, resamples: int,
-                      seed: int, show: int, quiet: bool | None) -> dict[str, Any]:
+                      seed: int, show: int, quiet: bool | None, precision: str = "fp32") -> dict[str, Any]:
     """The ``eval.json`` mapping: per-policy means with 95% intervals, the win rate of PPO
     over SFT, and a few side-by-side samples."""
     tokenizer = load_tokenizer(sft_name)
@@ -115,8 +117,8 @@ def evaluate_policies(sft_name: str, ppo_dir: Path, rm_dir: Path, prompts: list,
     ppo = freeze(load_causal_lm(ppo_dir, device))
     rm = freeze(ScalarHeadModel.from_pretrained(rm_dir, device))
     reward = ModelReward(rm, load_tokenizer(rm_dir), tokenizer, EVAL_BATCH)
-    sft_s = sample_and_score("sft", reference, reference, tokenizer, prompts, reward, gold, settings, seed, quiet)
-    ppo_s = sample_and_score("ppo", ppo, reference, tokenizer, prompts, reward, gold, settings, seed, quiet)
+    sft_s = sample_and_score("sft", reference, reference, tokenizer, prompts, reward, gold, settings, seed, quiet, precision)
+    ppo_s = sample_and_score("ppo", ppo, reference, tokenizer, prompts, reward, gold, settings, seed, quiet, precision)
 
     def summary(s: PolicySamples) -> dict[str, Any]:
         row = {}

@@ -95,7 +95,8 @@ def run_demo(config: DemoConfig) -> DemoResult:
     result = evaluate_policies(
         config.model, ppo_dir / "policy", rm_dir, eval_prompts, labeler, gold,
         SamplingSettings(config.max_new_tokens, config.temperature), device,
-        resamples=config.bootstrap, seed=config.seed, show=config.show_samples, quiet=_quiet(config))
+        resamples=config.bootstrap, seed=config.seed, show=config.show_samples, quiet=_quiet(config),
+        precision=config.precision)
     result["reward_model_accuracy"] = rm_accuracy
     result["labels"] = labels
     result["kl_coef"] = config.kl_coef
@@ -152,7 +153,8 @@ def sample_pairs(config: DemoConfig, prompts: list, out: Path) -> Path:
             chunk = texts[start : start + per_call]
             samples += sample_responses(config.model, chunk, k=2, max_new_tokens=config.pair_max_new_tokens,
                                         temperature=config.pair_temperature, seed=config.seed + start,
-                                        batch_size=config.sample_batch_size, device=config.device)
+                                        batch_size=config.sample_batch_size, device=config.device,
+                                        precision=config.precision)
             bar.advance(len(chunk))
     tasks = tasks_from_samples(texts, samples, 2)
     path = out / "tasks.jsonl"
@@ -193,6 +195,7 @@ def train_reward(config: DemoConfig, prefs: Path, out: Path) -> tuple[Path, floa
         model=config.model, data=str(prefs), eval_fraction=config.rm_eval_fraction, epochs=config.rm_epochs,
         max_steps=config.rm_max_steps, batch_size=config.rm_batch_size, learning_rate=config.rm_learning_rate,
         eval_every=10_000, normalize="chosen", seed=config.seed, device=config.device, output_dir=str(out),
+        precision=config.precision,
         run_name="rm", quiet=bool(config.quiet))
     rm_dir = train_reward_model(rm_config)
     accuracy = None
@@ -217,5 +220,5 @@ def train_policy(config: DemoConfig, rm_dir: Path, out: Path) -> Path:
         forward_batch_size=config.batch_size, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
         learning_rate=config.learning_rate, critic_learning_rate=config.critic_learning_rate,
         kl_coef=config.kl_coef, kl_target=config.kl_target, seed=config.seed, device=config.device,
-        output_dir=str(out), run_name="ppo", quiet=bool(config.quiet))
+        precision=config.precision, output_dir=str(out), run_name="ppo", quiet=bool(config.quiet))
     return train_ppo(ppo_config)

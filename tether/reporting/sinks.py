@@ -68,6 +68,19 @@ class RunLogger:
         self.samples.close()
 
 
+class NullLogger:
+    """RunLogger's interface writing nothing: ranks other than 0 under torchrun."""
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def log_samples(self, step: int, rows: list[dict[str, Any]]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Reads a metrics/samples file, tolerating a torn last line from a live or killed run."""
     rows = []

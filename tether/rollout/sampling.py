@@ -8,6 +8,7 @@ import torch
 from tether.models.loading import load_causal_lm, load_tokenizer, resolve_device
 from tether.rollout.generation import SamplingSettings, generate_rollout
 from tether.rollout.prompts import PromptStream
+from tether.utils.precision import autocast
 
 
 def sample_responses(
@@ -21,6 +22,7 @@ def sample_responses(
     device: str = "auto",
     use_chat_template="auto",
     top_p: float = 1.0,
+    precision: str = "fp32",
 ) -> list[list[str]]:
     """``k`` sampled responses for each prompt (a list of k strings per prompt)."""
     dev = resolve_device(device)
@@ -35,6 +37,7 @@ def sample_responses(
         rows = range(start, min(start + per_call, len(prompts)))
         batch_prompts = [prompts[i] for i in rows for _ in range(k)]
         batch_ids = [stream.token_ids[i] for i in rows for _ in range(k)]
-        rollout = generate_rollout(policy, tokenizer, batch_prompts, batch_ids, settings, group_size=k)
+        with autocast(dev, precision):
+            rollout = generate_rollout(policy, tokenizer, batch_prompts, batch_ids, settings, group_size=k)
         out.extend(rollout.responses[j : j + k] for j in range(0, len(rollout.responses), k))
     return out

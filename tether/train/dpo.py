@@ -39,7 +39,7 @@ from tether.models.loading import freeze, load_causal_lm, load_tokenizer, resolv
 from tether.models.registry import resolve_model
 from tether.ops.losses import dpo_loss
 from tether.train.reward_model import load_preference_splits
-from tether.train.rl_phases import autocast
+from tether.utils.precision import autocast
 from tether.train.run_dir import RunDirectory, resume_checkpoint, save_pretrained_atomic
 from tether.train.sft import epoch_batches, guarded_step, make_optimizer, planned_steps, report, validate_common
 from tether.utils.checkpoint import Checkpointer
@@ -81,7 +81,7 @@ class DPOConfig:
     max_grad_norm: float = 1.0
     eval_every: int = 50  # steps between held-out evaluations (and always after the last step)
     ref_batch_size: int = 16  # pairs per no-grad forward when precomputing the reference log-probs
-    checkpoint_every: int = 0  # full-state checkpoint every N steps; 0 = only at the end/interrupt
+    checkpoint_every: int = 0  # full-state checkpoint every N steps; 0 = only on SIGINT/SIGTERM
     keep_checkpoints: int = 2  # newest checkpoints kept in <run>/checkpoints
     resume: str | None = None  # "auto": continue <output_dir>/<run_name> from its checkpoint; or a run dir
     # --- system -------------------------------------------------------------------------------

@@ -9,6 +9,10 @@ Each iteration reads as the algorithm (cleanrl's ppo.py is the model):
     6. log        metrics.jsonl, samples.jsonl, progress bar; adapt β
     7. checkpoint full state every ``checkpoint_every`` iterations, at the end, and on
                   SIGINT/SIGTERM (then stop); ``resume`` continues bit for bit (docs/reliability.md)
+
+Under ``torchrun`` every rank runs this same loop on its shard of each global batch; the
+few cross-rank steps (prompt shard, global whitening and loss counts, metric means, rank-0
+writes) are calls on ``dist`` (tether.utils.distributed; docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch
 from tether.data.templates import prompt_text
 from tether.errors import TetherError
 from tether.models.loading import resolve_device
+from tether.models.lora import checkpoint_view
 from tether.ops.kl import AdaptiveKLController, FixedKLController
 from tether.ops.losses import explained_variance
 from tether.ops.masking import masked_mean
@@ -30,35 +35,53 @@ from tether.rollout.generation import SamplingSettings, generate_rollout
 from tether.rollout.prompts import PromptStream, resolve_prompts
 from tether.rollout.rewards import describe_nonfinite, is_finite
 from tether.train.algorithms import ALGORITHMS, AdvantageInputs
-from tether.train.ppo_config import PPOConfig, preflight
-from tether.train.rl_phases import autocast, run_updates, score_rollout, shape_rewards
+from tether.train.ppo_config import PPOConfig, check_world_size, preflight
+from tether.train.rl_phases import run_updates, score_rollout, shape_rewards
+from tether.utils.precision import autocast
 from tether.train.roles import build_roles
-from tether.train.run_dir import RunDirectory, make_scheduler, resume_checkpoint
+from tether.train.run_dir import RunDirectory, make_adamw, make_scheduler, resume_checkpoint
 from tether.types import TrainBatch
-from tether.utils.checkpoint import Checkpointer
+from tether.utils.distributed import (DistContext, RankZeroCheckpointer, full_state_dicts, full_weights, init_distributed,
+                                      rank_seed, shutdown_distributed, whiten, wrap_trained)
 from tether.utils.seeding import seed_everything
 from tether.utils.signals import GracefulStop
 
 
 def train_ppo(config: PPOConfig) -> Path:
     """Run the loop; returns the run directory (metrics, samples, checkpoints, final policy)."""
+    preflight(config)  # every check that needs no model: fail in a second, not after loading
+    dist, device_spec = init_distributed(config.strategy, config.device)
+    try:
+        check_world_size(config, dist.world_size)
+        path = _train(config, dist, resolve_device(device_spec))
+    except BaseException:
+        shutdown_distributed(dist, clean=False)
+        raise
+    shutdown_distributed(dist)
+    return path
+
+
+def _train(config: PPOConfig, dist: DistContext, device: torch.device) -> Path:
     algorithm = ALGORITHMS[config.algorithm]
     kl_in_loss = (config.kl_penalty if config.kl_penalty != "auto" else algorithm.default_kl_penalty) == "loss"
-    preflight(config)  # every check that needs no model: fail in a second, not after loading
-    device = resolve_device(config.device)
-    seed_everything(config.seed)
+    seed_everything(config.seed)  # the same on every rank: identical initial weights
     resume_from = resume_checkpoint(config)  # None: a fresh run
     prompt_list = resolve_prompts(config.prompts)
-    run = RunDirectory.create(config, quiet=config.quiet, resume_history=resume_from and resume_from["history"])
+    run = RunDirectory.create(config, quiet=config.quiet, resume_history=resume_from and resume_from["history"],
+                              write=dist.is_main)
 
     roles = build_roles(config, device, algorithm.uses_critic)
+    roles.actor = wrap_trained(roles.actor, dist, device)  # DDP / FSDP2 under torchrun, else as is
+    if roles.critic_forward is not None:
+        roles.critic_forward = wrap_trained(roles.critic_forward, dist, device)
+    rank_rows = config.batch_size * config.samples_per_prompt // dist.world_size
     prompts = PromptStream(prompt_list, roles.tokenizer, config.chat_template, config.max_prompt_tokens, config.seed)
     sampling = SamplingSettings(config.max_new_tokens, config.temperature, config.top_k, config.top_p)
     policy_params, critic_params = roles.trainable_groups()
     groups = [{"params": policy_params, "lr": config.learning_rate}]
     if critic_params:
         groups.append({"params": critic_params, "lr": config.learning_rate if config.critic_learning_rate is None else config.critic_learning_rate})
-    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay, eps=config.adam_eps)
+    optimizer = make_adamw(groups, device, weight_decay=config.weight_decay, eps=config.adam_eps)
     steps_per_iteration = 1 if algorithm.single_step else (
         config.ppo_epochs * config.batch_size * config.samples_per_prompt // config.mini_batch_size)
     scheduler = make_scheduler(optimizer, config.lr_schedule, config.warmup_steps,
@@ -66,48 +89,57 @@ def train_ppo(config: PPOConfig) -> Path:
     kl_ctl = (AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
               if config.kl_target is not None else FixedKLController(config.kl_coef))
     shuffle_generator = torch.Generator().manual_seed(config.seed)
-    ckpt = Checkpointer(run.path, config.checkpoint_every, config.keep_checkpoints, config.total_iterations,
-                        modules={"policy": roles.policy, "critic": roles.critic, "value_head": roles.value_head},
-                        stateful={"optimizer": optimizer, "scheduler": scheduler, "kl": kl_ctl, "prompts": prompts},
-                        generators={"shuffle": shuffle_generator})
+    ckpt = RankZeroCheckpointer(run.path, config.checkpoint_every, config.keep_checkpoints, config.total_iterations,
+                                modules={"policy": checkpoint_view(roles.policy), "critic": roles.critic,
+                                         "value_head": roles.value_head},
+                                stateful={"optimizer": optimizer, "scheduler": scheduler, "kl": kl_ctl, "prompts": prompts},
+                                generators={"shuffle": shuffle_generator}, ctx=dist,
+                                sharded=(roles.actor, roles.critic_forward))
     start, guard = ckpt.restore(resume_from) if resume_from else (0, {"consecutive_skips": 0, "total_skips": 0})
+    if dist.world_size > 1:  # per-rank sampling streams (after restore: it sets rank 0's RNG everywhere)
+        seed_everything(rank_seed(config.seed + start, dist))
 
+    stopping = False
     with run.progress(config.total_iterations - start) as progress, GracefulStop() as stop:
         for iteration in range(start + 1, config.total_iterations + 1):
             t0 = time.perf_counter()
             # 1. generate
             batch_prompts, batch_ids = prompts.next_batch(config.batch_size, config.samples_per_prompt)
-            with autocast(device, config.precision):
+            batch_prompts, batch_ids = dist.shard(batch_prompts, rank_rows), dist.shard(batch_ids, rank_rows)
+            with autocast(device, config.precision), full_weights(roles.actor):
                 rollout = generate_rollout(roles.policy, roles.tokenizer, batch_prompts, batch_ids, sampling,
                                            config.samples_per_prompt)
             t1 = time.perf_counter()
             # 2. score
             scored = score_rollout(roles, rollout, config, device)
             t2 = time.perf_counter()
-            if not is_finite(scored.scores):
+            if not dist.all_true(is_finite(scored.scores)):
                 guard["consecutive_skips"] += 1
                 guard["total_skips"] += 1
                 run.warn(f"iteration {iteration}: {describe_nonfinite(scored.scores)}; update skipped")
                 _check_skips(guard["consecutive_skips"], config)
                 run.log(iteration, {"guard/skipped_updates": guard["total_skips"]}, progress)
-                if ckpt.end_of_iteration(iteration, guard, run.history, stop.requested):
+                stopping = dist.any_true(bool(stop.requested))
+                if ckpt.end_of_iteration(iteration, guard, run.history, stopping):
                     break
                 continue
             # 3. shape rewards
             rewards, kl = shape_rewards(scored, kl_ctl.value, not kl_in_loss, config.kl_estimator)
             if config.whiten_rewards:
-                from tether.ops.masking import masked_whiten
-
-                rewards = masked_whiten(rewards, rollout.response_mask, shift_mean=False)
-            # 4. advantages
+                rewards = whiten(rewards, rollout.response_mask, dist, shift_mean=False)
+            # 4. advantages (GAE's whitening over the global batch: done here when there are several ranks)
+            local_whiten = config.whiten_advantages and dist.world_size == 1
             advantages, returns = algorithm.advantages(AdvantageInputs(
                 scored.scores, rewards, scored.old_values, rollout.response_mask, rollout.group_size,
-                config.gamma, config.lam, config.whiten_advantages))
+                config.gamma, config.lam, local_whiten))
+            if config.whiten_advantages and not local_whiten and returns is not None:
+                advantages = whiten(advantages, rollout.response_mask, dist)
             batch = TrainBatch(rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids, rollout.response_mask,
                                scored.old_logprobs, scored.ref_logprobs, advantages, returns, scored.old_values)
             # 5. update: K epochs of minibatch steps
             updates = run_updates(roles, batch, algorithm, config, optimizer, scheduler, kl_ctl.value, kl_in_loss,
-                                  device, shuffle_generator, on_skip=lambda why: run.warn(f"iteration {iteration}: {why}; step skipped"))
+                                  device, shuffle_generator, dist=dist,
+                                  on_skip=lambda why: run.warn(f"iteration {iteration}: {why}; step skipped"))
             t3 = time.perf_counter()
             guard["total_skips"] += updates.skipped
             guard["consecutive_skips"] = guard["consecutive_skips"] + 1 if updates.steps == 0 else 0
@@ -115,17 +147,22 @@ def train_ppo(config: PPOConfig) -> Path:
             # 6. log, then adapt β on this batch's KL
             metrics = _iteration_metrics(scored, kl, returns, kl_ctl.value, updates, optimizer, config,
                                          timings=(t1 - t0, t2 - t1, t3 - t2, t3 - t0), skipped=guard["total_skips"])
+            metrics = dist.mean_metrics(metrics)  # the same numbers (and the same β) on every rank
             kl_ctl.update(metrics["objective/kl_k1"], len(rollout))
             run.log(iteration, metrics, progress)
             run.log_samples(iteration, _samples(scored, kl, config.log_samples))
             # 7. checkpoint when due (every N iterations, the last one, or after SIGINT/SIGTERM)
-            if ckpt.end_of_iteration(iteration, guard, run.history, stop.requested):
+            stopping = dist.any_true(bool(stop.requested))  # ranks stop together, at the same iteration
+            if ckpt.end_of_iteration(iteration, guard, run.history, stopping):
                 break
 
-    if stop.requested:
-        run.stopped(stop.requested, ckpt.last_saved, f"tether ppo --resume {run.path}")
+    if stopping:
+        run.stopped(stop.requested or "a signal to another rank", ckpt.last_saved, f"tether ppo --resume {run.path}")
         return run.path
-    run.save_final(roles, config)
+    full_states = full_state_dicts(roles, dist)  # FSDP2: gathered on every rank; else None
+    if dist.is_main:
+        run.save_final(roles, config, full_states)
+    dist.barrier()
     run.close()
     return run.path
 

@@ -34,7 +34,7 @@ class PPOConfig:
     ppo_epochs: int = 4  # passes over each batch (A2C always 1)
     mini_batch_size: int = 16  # responses per optimizer step
     micro_batch_size: int = 16  # responses per forward/backward (gradient accumulation)
-    forward_batch_size: int = 32  # responses per no-grad scoring forward
+    forward_batch_size: int = 32  # responses per reward-model forward (policy/ref/critic scoring uses micro_batch_size, so the first update reproduces it exactly)
     gamma: float = 1.0  # discount (GAE)
     lam: float = 0.95  # GAE λ
     clip_eps: float = 0.2  # PPO ratio clip ε
@@ -78,8 +78,16 @@ class PPOConfig:
     save_critic: bool = True
     quiet: bool = False  # no progress bar (CI)
     metric_sinks: list[str] | None = None  # extra sinks: tensorboard, wandb, mlflow
+    # --- scaling and memory (docs/scaling.md) -----------------------------------------------------
+    strategy: Literal["auto", "none", "ddp", "fsdp2"] = "auto"  # under torchrun; auto: none for 1 process, else ddp
+    lora_r: int = 0  # LoRA rank of the policy's adapters (PEFT); 0 = full fine-tune. Reference = adapters off
+    lora_alpha: float = 16.0  # LoRA scaling numerator (scale = alpha / r)
+    lora_dropout: float = 0.0  # keep 0 for RL: dropout makes ρ differ from 1 on the first step
+    lora_target_modules: list[str] | None = None  # module names to adapt; default: every linear layer but the LM head
+    gradient_checkpointing: bool = False  # recompute activations in backward (policy and critic): less memory, ~30% slower
+    offload_frozen: bool = False  # keep reference and reward model on the CPU between their forwards (GPU only; no-op on CPU)
     # --- reliability (docs/reliability.md) ------------------------------------------------------
-    checkpoint_every: int = 0  # full-state checkpoint every N iterations; 0 = only at the end/interrupt
+    checkpoint_every: int = 0  # full-state checkpoint every N iterations and at the end; 0 = only on SIGINT/SIGTERM
     keep_checkpoints: int = 2  # newest checkpoints kept in <run>/checkpoints
     resume: str | None = None  # "auto": continue <output_dir>/<run_name> if it has a checkpoint; or a run dir
 
@@ -113,13 +121,31 @@ class PPOConfig:
         if self.kl_target is not None and self.kl_target <= 0:
             raise ConfigError('field "kl_target" must be > 0 (or null for a fixed β)')
         if self.checkpoint_every < 0:
-            raise ConfigError('field "checkpoint_every" must be >= 0 (0 = only at the end or on interrupt)')
+            raise ConfigError('field "checkpoint_every" must be >= 0 (0 = only on interrupt)')
         if self.keep_checkpoints < 1:
             raise ConfigError('field "keep_checkpoints" must be >= 1')
         if self.resume == "auto" and not self.run_name:
             raise ConfigError('resume: auto needs a run_name (the run directory to continue)')
+        if self.lora_r < 0 or not 0 <= self.lora_dropout < 1:
+            raise ConfigError('field "lora_r" must be >= 0 and "lora_dropout" in [0, 1)')
+        if self.lora_r and self.strategy == "fsdp2":
+            raise ConfigError("LoRA with strategy=fsdp2 is not supported yet; LoRA's trained state is small: use strategy=ddp")
+        if self.lora_r and self.reference is not None:
+            raise ConfigError("with lora_r > 0 the reference is the policy with its adapters off; leave reference unset")
         if not 0 <= self.lam <= 1 or not 0 <= self.gamma <= 1:
             raise ConfigError('fields "gamma" and "lam" must be in [0, 1]')
+
+
+def check_world_size(config: PPOConfig, world_size: int) -> None:
+    """batch_size and mini_batch_size are global (summed over ranks): each must split evenly."""
+    if world_size == 1:
+        return
+    if config.batch_size % world_size or config.mini_batch_size % (world_size * config.micro_batch_size):
+        raise ConfigError(
+            f"with {world_size} ranks, batch_size ({config.batch_size}) must be a multiple of {world_size} and "
+            f"mini_batch_size ({config.mini_batch_size}) a multiple of {world_size} x micro_batch_size "
+            f"({config.micro_batch_size}): batch and minibatch sizes are global, micro_batch_size is per rank"
+        )
 
 
 def preflight(config: PPOConfig) -> None:

@@ -39,7 +39,7 @@ from tether.errors import ConfigError, TetherError
 from tether.models.loading import load_tokenizer, resolve_device
 from tether.models.scalar_head import ScalarHeadModel
 from tether.ops.losses import bradley_terry_loss
-from tether.train.rl_phases import autocast
+from tether.utils.precision import autocast
 from tether.train.run_dir import RunDirectory, resume_checkpoint, save_pretrained_atomic
 from tether.train.sft import epoch_batches, guarded_step, make_optimizer, planned_steps, report, validate_common
 from tether.utils.checkpoint import Checkpointer
@@ -90,7 +90,7 @@ class RewardModelConfig:
     run_name: str | None = None  # default: rm-<timestamp>
     quiet: bool = False  # no progress bar (CI)
     metric_sinks: list[str] | None = None  # extra sinks: tensorboard, wandb, mlflow
-    checkpoint_every: int = 0  # full-state checkpoint every N steps; 0 = only at the end/interrupt
+    checkpoint_every: int = 0  # full-state checkpoint every N steps; 0 = only on SIGINT/SIGTERM
     keep_checkpoints: int = 2  # newest checkpoints kept in <run>/checkpoints
     resume: str | None = None  # "auto": continue <output_dir>/<run_name> from its checkpoint; or a run dir
 

@@ -4,24 +4,17 @@ order: score -> shape rewards -> advantages -> minibatch updates. (Generation is
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
 
-from tether.models.forward import build_inputs, policy_forward
+from tether.models.forward import build_inputs
 from tether.ops.kl import kl_estimate
 from tether.ops.losses import aggregate_loss, value_loss
 from tether.train.algorithms import AlgorithmSpec
 from tether.train.roles import Roles
+from tether.utils.precision import autocast
 from tether.types import Rollout, ScoredRollout, TrainBatch
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 compute with fp32 master weights (the optimizer never sees bf16 parameters)."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return nullcontext()
 
 
 def row_chunks(n: int, size: int) -> list[torch.Tensor]:
@@ -48,22 +41,23 @@ def score_rollout(roles: Roles, rollout: Rollout, config, device: torch.device) 
     (Huang et al. 2024): they must match what the training forward computes."""
     R = rollout.response_ids.shape[1]
     old_logprobs, ref_logprobs, entropy, values = [], [], [], []
-    for rows in row_chunks(len(rollout), config.micro_batch_size):
-        prompt_ids, prompt_mask, response_ids, response_mask = _trimmed(rollout, rows)
-        inputs = build_inputs(prompt_ids, prompt_mask, response_ids, response_mask)
+    with roles.frozen_on_device():  # offload_frozen: reference and reward model visit the device
+        for rows in row_chunks(len(rollout), config.micro_batch_size):
+            prompt_ids, prompt_mask, response_ids, response_mask = _trimmed(rollout, rows)
+            inputs = build_inputs(prompt_ids, prompt_mask, response_ids, response_mask)
+            with autocast(device, config.precision):
+                out = roles.policy_outputs(inputs, response_ids, config.temperature, with_entropy=True)
+                ref = roles.reference_logprobs(inputs, response_ids, config.temperature)
+                chunk_values = out.values
+                if roles.critic is not None:
+                    chunk_values = roles.critic_values(inputs, response_ids.shape[1])
+            old_logprobs.append(_pad_to(out.logprobs, R))
+            ref_logprobs.append(_pad_to(ref, R))
+            entropy.append(_pad_to(out.entropy, R))
+            if chunk_values is not None:
+                values.append(_pad_to(chunk_values.float(), R))
         with autocast(device, config.precision):
-            out = policy_forward(roles.policy, inputs, response_ids, config.temperature, True, roles.value_head)
-            ref = policy_forward(roles.reference, inputs, response_ids, config.temperature)
-            chunk_values = out.values
-            if roles.critic is not None:
-                chunk_values = roles.critic.response_values(inputs, response_ids.shape[1])
-        old_logprobs.append(_pad_to(out.logprobs, R))
-        ref_logprobs.append(_pad_to(ref.logprobs, R))
-        entropy.append(_pad_to(out.entropy, R))
-        if chunk_values is not None:
-            values.append(_pad_to(chunk_values.float(), R))
-    with autocast(device, config.precision):
-        scores = roles.reward(rollout).float()
+            scores = roles.reward(rollout).float()
     if config.missing_eos_penalty is not None:
         # A fixed score for responses cut off by max_new_tokens (Huang et al. 2024, detail 23).
         scores = torch.where(rollout.ended_with_eos, scores, torch.full_like(scores, config.missing_eos_penalty))
@@ -120,12 +114,16 @@ def run_updates(
     device: torch.device,
     generator: torch.Generator,
     on_skip=None,
+    dist=None,
 ) -> UpdateStats:
     """K epochs over minibatches; gradient accumulation over micro-batches with losses
     normalised by the whole minibatch's token/sequence count, so accumulation is exact.
     The first epoch visits rows in rollout order (so its first step reproduces the scoring
-    pass exactly and ρ = 1); later epochs reshuffle."""
-    epochs, mini = (1, len(batch)) if algorithm.single_step else (config.ppo_epochs, config.mini_batch_size)
+    pass exactly and ρ = 1); later epochs reshuffle. Under torchrun (``dist``, a
+    tether.utils.distributed.DistContext) the counts are those of the global minibatch (each
+    rank holds ``mini_batch_size / world_size`` rows of it) and every rank skips together."""
+    world = dist.world_size if dist is not None else 1
+    epochs, mini = (1, len(batch)) if algorithm.single_step else (config.ppo_epochs, config.mini_batch_size // world)
     policy_params, critic_params = roles.trainable_groups()
     stats = UpdateStats()
     for epoch in range(epochs):
@@ -133,17 +131,22 @@ def run_updates(
         for start in range(0, len(batch), mini):
             minibatch_rows = order[start : start + mini]
             n_tokens = batch.response_mask[minibatch_rows].sum()
+            if world > 1:
+                n_tokens = dist.all_sum(n_tokens)
             finite = True
             for micro_rows in minibatch_rows.split(config.micro_batch_size):
                 loss = _micro_step(roles, batch.select(micro_rows), algorithm, config, kl_coef, kl_in_loss,
-                                   device, n_tokens, len(minibatch_rows), stats)
+                                   device, n_tokens, len(minibatch_rows) * world, stats)
                 if not torch.isfinite(loss):
                     finite = False
-                    break
-                loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(policy_params, config.max_grad_norm) if finite else None
+                    if world == 1:
+                        break  # (with several ranks every one must run its backward: they sync in it)
+                (loss * (dist.grad_scale if dist is not None else 1.0)).backward()
+            if world > 1:
+                finite = dist.all_true(finite)
+            grad_norm = _clip(policy_params, config.max_grad_norm) if finite else None
             if critic_params and finite:
-                torch.nn.utils.clip_grad_norm_(critic_params, config.max_grad_norm)
+                _clip(critic_params, config.max_grad_norm)
             if not finite or not torch.isfinite(grad_norm):
                 # Guard: never apply a NaN/inf update (weights would be lost for good).
                 optimizer.zero_grad(set_to_none=True)
@@ -159,15 +162,21 @@ def run_updates(
     return stats
 
 
+def _clip(params, max_norm: float) -> torch.Tensor:
+    """clip_grad_norm_, with the norm as a plain tensor (FSDP2 gives a DTensor)."""
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+
 def _micro_step(roles, mb: TrainBatch, algorithm, config, kl_coef, kl_in_loss, device, n_tokens, n_seqs, stats):
     inputs = build_inputs(mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
     agg = dict(aggregation=config.loss_aggregation, num_tokens=n_tokens, num_sequences=n_seqs)
     norm = dict(mode=config.loss_aggregation, num_tokens=n_tokens, num_sequences=n_seqs)
     with autocast(device, config.precision):
-        out = policy_forward(roles.policy, inputs, mb.response_ids, config.temperature, value_head=roles.value_head)
+        out = roles.policy_outputs(inputs, mb.response_ids, config.temperature)
         values = out.values
         if roles.critic is not None:
-            values = roles.critic.response_values(inputs, mb.response_ids.shape[1])
+            values = roles.critic_values(inputs, mb.response_ids.shape[1])
     pg_loss, pg_stats = algorithm.policy_loss(
         out.logprobs, mb.old_logprobs, mb.advantages, mb.response_mask,
         clip_eps=config.clip_eps, clip_eps_high=config.clip_eps_high, **agg,

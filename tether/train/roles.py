@@ -1,14 +1,22 @@
 """The four RLHF roles, built once from a config: policy π_θ (trained), reference π_ref
 (frozen), critic V_ω (trained; a separate scalar-head model or a head on the policy's
-backbone) and the reward source r_φ (frozen model or a Python function)."""
+backbone) and the reward source r_φ (frozen model or a Python function).
+
+The loop never calls a model directly: ``policy_outputs``, ``reference_logprobs`` and
+``critic_values`` hide what scaling adds (docs/scaling.md): the trained roles' forwards run
+through DDP/FSDP2 wrappers under torchrun, a LoRA policy serves as its own reference with the
+adapters switched off, and offloaded frozen roles visit the device only for their forward."""
 
 from __future__ import annotations
 
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
 
+from tether.models.forward import PolicyOutputs, SequenceInputs, policy_forward
 from tether.models.loading import freeze, load_causal_lm, load_tokenizer
+from tether.models.lora import adapters_disabled, apply_lora, on_device
 from tether.models.scalar_head import ScalarHeadModel, ValueHead
 from tether.rollout.rewards import FunctionReward, ModelReward, RewardSource
 
@@ -21,6 +29,41 @@ class Roles:
     value_head: ValueHead | None  # shared-backbone critic head, trained
     reward: RewardSource
     tokenizer: object  # the policy's tokenizer
+    actor: torch.nn.Module | None = None  # PolicyValue(policy, value_head), DDP/FSDP2-wrapped under torchrun
+    critic_forward: torch.nn.Module | None = None  # CriticValues(critic), likewise
+    device: torch.device = torch.device("cpu")
+    offload_frozen: bool = False  # reference and reward model on the CPU between forwards
+
+    def __post_init__(self) -> None:
+        if self.actor is None:
+            self.actor = PolicyValue(self.policy, self.value_head)
+        if self.critic_forward is None and self.critic is not None:
+            self.critic_forward = CriticValues(self.critic)
+
+    def policy_outputs(self, inputs: SequenceInputs, response_ids: torch.Tensor, temperature: float,
+                       with_entropy: bool = False) -> PolicyOutputs:
+        """log π_θ of the response tokens (B, R), entropy, and shared-head values."""
+        return self.actor(inputs, response_ids, temperature, with_entropy)
+
+    def reference_logprobs(self, inputs: SequenceInputs, response_ids: torch.Tensor, temperature: float) -> torch.Tensor:
+        """log π_ref (B, R): the frozen reference, or the LoRA policy with its adapters off."""
+        with adapters_disabled(self.reference):
+            return policy_forward(self.reference, inputs, response_ids, temperature).logprobs
+
+    @contextmanager
+    def frozen_on_device(self):
+        """The scoring phase's block: with ``offload_frozen`` the reference (when it is a model of
+        its own) and the reward model are moved to the device for it, and back to the CPU after."""
+        frozen = [self.reference if self.reference is not self.policy else None, getattr(self.reward, "model", None)]
+        with ExitStack() as stack:
+            for model in frozen:
+                if model is not None:
+                    stack.enter_context(on_device(model, self.device, self.offload_frozen))
+            yield
+
+    def critic_values(self, inputs: SequenceInputs, response_width: int) -> torch.Tensor | None:
+        """V_ω(s_t) (B, R) from the separate critic; None without one."""
+        return self.critic_forward(inputs, response_width) if self.critic_forward is not None else None
 
     @property
     def has_critic(self) -> bool:
@@ -34,11 +77,43 @@ class Roles:
         return policy_params, critic_params
 
 
+class PolicyValue(torch.nn.Module):
+    """The policy's training forward as one module (what DDP/FSDP2 wrap): log-probs, entropy
+    and, with ``critic: shared``, the value head on the same hidden states."""
+
+    def __init__(self, policy: torch.nn.Module, value_head: ValueHead | None):
+        super().__init__()
+        self.policy, self.value_head = policy, value_head
+
+    def forward(self, inputs, response_ids, temperature, with_entropy=False) -> PolicyOutputs:
+        return policy_forward(self.policy, inputs, response_ids, temperature, with_entropy, self.value_head)
+
+
+class CriticValues(torch.nn.Module):
+    """The separate critic's forward as one module: V(s_t) at the response positions."""
+
+    def __init__(self, critic: ScalarHeadModel):
+        super().__init__()
+        self.critic = critic
+
+    def forward(self, inputs, response_width: int) -> torch.Tensor:
+        return self.critic.response_values(inputs, response_width)
+
+
 def build_roles(config, device: torch.device, uses_critic: bool) -> Roles:
     tokenizer = load_tokenizer(config.policy)
     policy = load_causal_lm(config.policy, device)
+    offload = bool(getattr(config, "offload_frozen", False)) and device.type != "cpu"
+    frozen_device = torch.device("cpu") if offload else device
+    if getattr(config, "lora_r", 0):
+        # π_ref is this same model with its adapters disabled: no second copy in memory.
+        policy = apply_lora(policy, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
+        reference = policy
+    else:
+        reference = freeze(load_causal_lm(config.reference or config.policy, frozen_device))
+    if getattr(config, "gradient_checkpointing", False):
+        _checkpoint_activations(policy)
     policy.train()
-    reference = freeze(load_causal_lm(config.reference or config.policy, device))
 
     critic = value_head = None
     if uses_critic and config.critic == "shared":
@@ -48,13 +123,27 @@ def build_roles(config, device: torch.device, uses_critic: bool) -> Roles:
         # From a reward model the trained head is kept (its scores are a good first value
         # estimate; Ouyang et al. 2022); from a plain LM the head is new.
         critic = ScalarHeadModel.from_pretrained(init, device, fresh_head=init == config.policy)
+        if getattr(config, "gradient_checkpointing", False):
+            _checkpoint_activations(critic.hf_model)
         critic.train()
 
     if config.reward_model is not None:
-        rm = freeze(ScalarHeadModel.from_pretrained(config.reward_model, device))
+        rm = freeze(ScalarHeadModel.from_pretrained(config.reward_model, frozen_device))
         reward: RewardSource = ModelReward(
             rm, load_tokenizer(config.reward_model), tokenizer, config.forward_batch_size, config.chat_template
         )
     else:
         reward = FunctionReward(config.reward_function)
-    return Roles(policy, reference, critic, value_head, reward, tokenizer)
+    return Roles(policy, reference, critic, value_head, reward, tokenizer, device=device, offload_frozen=offload)
+
+
+def _checkpoint_activations(model: torch.nn.Module) -> None:
+    """Recompute each decoder block's activations in backward instead of storing them.
+    Non-reentrant checkpointing: works with frozen inputs (LoRA) and with DDP/FSDP2."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if hasattr(model, "config"):
+        model.config.use_cache = False

@@ -26,8 +26,15 @@ import torch
 import yaml
 
 from tether.errors import TetherError
-from tether.reporting.sinks import RunLogger, _jsonable
+from tether.reporting.sinks import NullLogger, RunLogger, _jsonable
 from tether.utils.checkpoint import assert_finite, find_latest, read_checkpoint
+
+
+def make_adamw(params, device: torch.device, **kwargs) -> torch.optim.AdamW:
+    """AdamW with the fused kernel where torch has one (CUDA, CPU): the default on CPU is the
+    one-tensor-at-a-time loop, ~8% of a SmolLM2 PPO iteration (benchmarks/NOTES.md)."""
+    fused = device.type in ("cuda", "cpu")
+    return torch.optim.AdamW(params, fused=fused, **kwargs)
 
 
 def make_scheduler(optimizer, schedule: str, warmup_steps: int, total_steps: int):
@@ -70,15 +77,19 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_pretrained_atomic(model, path: Path, tokenizer=None) -> None:
-    """save_pretrained into a temporary folder, then rename: a crash never leaves half a model."""
-    assert_finite({path.name: model})  # never write NaN/inf weights
+def save_pretrained_atomic(model, path: Path, tokenizer=None, state_dict: dict | None = None) -> None:
+    """save_pretrained into a temporary folder, then rename: a crash never leaves half a model.
+    ``state_dict``: the full weights to write instead of the model's own (FSDP2-sharded models)."""
+    if state_dict is None:
+        assert_finite({path.name: model})  # never write NaN/inf weights
+    elif not all(torch.isfinite(v).all() for v in state_dict.values() if v.is_floating_point()):
+        raise TetherError(f"{path.name} has non-finite weights; not saving it")
     tmp = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     from tether.models.loading import quiet_transformers
 
     with quiet_transformers():
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     if path.exists():
@@ -111,19 +122,33 @@ def resume_checkpoint(config) -> dict | None:
     return read_checkpoint(latest)
 
 
+class _NoProgress:
+    def advance(self, *args, **kwargs) -> None:
+        pass
+
+    warn = log = advance
+
+
 class RunDirectory:
     def __init__(self, path: Path, logger: RunLogger, quiet: bool):
         self.path = path
         self.logger = logger
         self.quiet = quiet
+        self.silent = False  # no progress display at all (ranks other than 0)
         self.history: list[tuple[int, dict]] = []  # (iteration, metrics) so far: saved in checkpoints
 
     @classmethod
-    def create(cls, config, quiet: bool = False, resume_history: list | None = None) -> "RunDirectory":
+    def create(cls, config, quiet: bool = False, resume_history: list | None = None, write: bool = True) -> "RunDirectory":
         """A new run directory; with ``resume_history`` (from a checkpoint) the existing one,
         its metrics.jsonl rewritten from that history and samples.jsonl cut at the same
-        iteration, so that no iteration is logged twice."""
+        iteration, so that no iteration is logged twice. ``write=False`` (ranks other than 0
+        under torchrun): the same object, keeping the history, but no file is touched."""
         path = run_path(config)
+        if not write:
+            run = cls(path, NullLogger(), quiet=True)
+            run.silent = True
+            run.history = [(it, dict(m)) for it, m in (resume_history or [])]
+            return run
         if resume_history is not None:
             last = resume_history[-1][0] if resume_history else 0
             _truncate_jsonl(path / "samples.jsonl", last)
@@ -156,6 +181,9 @@ class RunDirectory:
     def progress(self, total: int, name: str = "training"):
         from tether.reporting.progress import phase_progress
 
+        if self.silent:
+            yield _NoProgress()
+            return
         with phase_progress(name, total=total, quiet=self.quiet) as bar:
             yield bar
 
@@ -182,15 +210,25 @@ class RunDirectory:
         print(f"stopped by {signal_name} after iteration {iteration}; checkpoint in {self.path / 'checkpoints'}. "
               f"Continue with: {resume_command}", file=sys.stderr)
 
-    def save_final(self, roles, config) -> None:
-        save_pretrained_atomic(roles.policy, self.path / "policy", roles.tokenizer)
+    def save_final(self, roles, config, full_states: dict | None = None) -> None:
+        """Final models. A LoRA policy: adapters to ``policy_adapter/`` (PEFT format), then merged
+        into the base weights and saved to ``policy/`` like any other (the merge is in place).
+        ``full_states`` (FSDP2): role name -> gathered full state dict, written instead of the
+        sharded modules' own (tether.utils.distributed.full_state_dicts)."""
+        from tether.models.lora import is_lora, merged_for_saving
+
+        states = full_states or {}
+        adapter_dir = self.path / "policy_adapter" if is_lora(roles.policy) else None
+        save_pretrained_atomic(merged_for_saving(roles.policy, adapter_dir), self.path / "policy", roles.tokenizer,
+                               states.get("policy"))
         if getattr(config, "save_critic", False):
             if roles.critic is not None:
-                save_pretrained_atomic(roles.critic, self.path / "critic")
+                save_pretrained_atomic(roles.critic, self.path / "critic", state_dict=states.get("critic"))
             elif roles.value_head is not None:
                 from safetensors.torch import save_file
 
-                save_file(roles.value_head.state_dict(), str(self.path / "policy" / "value_head.safetensors"))
+                head = states.get("value_head") or roles.value_head.state_dict()
+                save_file(head, str(self.path / "policy" / "value_head.safetensors"))
 
     def close(self) -> None:
         self.logger.close()

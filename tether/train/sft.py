@@ -27,7 +27,7 @@ from tether.errors import ConfigError, DataError
 from tether.models.forward import policy_forward
 from tether.models.loading import load_causal_lm, load_tokenizer, resolve_device
 from tether.ops.masking import masked_mean
-from tether.train.rl_phases import autocast
+from tether.utils.precision import autocast
 from tether.train.run_dir import RunDirectory, make_scheduler, resume_checkpoint, save_pretrained_atomic
 from tether.utils.checkpoint import Checkpointer
 from tether.utils.seeding import seed_everything
@@ -66,7 +66,7 @@ class SFTConfig:
     run_name: str | None = None  # default: sft-<timestamp>
     quiet: bool = False  # no progress bar (CI)
     metric_sinks: list[str] | None = None  # extra sinks: tensorboard, wandb, mlflow
-    checkpoint_every: int = 0  # full-state checkpoint every N steps; 0 = only at the end/interrupt
+    checkpoint_every: int = 0  # full-state checkpoint every N steps; 0 = only on SIGINT/SIGTERM
     keep_checkpoints: int = 2  # newest checkpoints kept in <run>/checkpoints
     resume: str | None = None  # "auto": continue <output_dir>/<run_name> from its checkpoint; or a run dir
 

@@ -140,9 +140,9 @@ class Checkpointer:
     """
 
     run_path: Path
-    every: int  # iterations between checkpoints; 0 = only at the end or on interrupt
+    every: int  # iterations between checkpoints; 0 = only on interrupt
     keep: int  # newest checkpoints kept
-    last: int  # the run's final iteration (always checkpointed)
+    last: int  # the run's final iteration (checkpointed when every > 0)
     modules: dict = field(default_factory=dict)
     stateful: dict = field(default_factory=dict)
     generators: dict = field(default_factory=dict)
@@ -151,7 +151,9 @@ class Checkpointer:
     def end_of_iteration(self, iteration: int, counters: dict, history: list, stop_requested) -> bool:
         """Checkpoint when due (every N, the last iteration, or a stop was requested); returns
         whether the loop should stop now."""
-        if stop_requested or iteration == self.last or (self.every > 0 and iteration % self.every == 0):
+        # With every = 0 only an interrupt checkpoints: the final policy is saved anyway, and a full
+        # state of SmolLM2 with a separate critic is ~3 GB of disk nobody asked for.
+        if stop_requested or (self.every > 0 and (iteration == self.last or iteration % self.every == 0)):
             self.save(iteration, counters, history)
         return bool(stop_requested)
 
