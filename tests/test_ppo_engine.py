@@ -138,3 +138,13 @@ def test_shared_backbone_critic_learns_and_saves_its_head(tmp_path):
     assert "value/explained_variance" in metrics[-1]
     assert (run_dir / "policy" / "value_head.safetensors").exists()
     assert not (run_dir / "critic").exists()
+
+
+def test_live_doctor_stops_a_broken_run_with_a_checkpoint(tmp_path, capsys):
+    # learning rate x100: the updates blow up within a few iterations (NaN metrics: critical)
+    run_dir = train_ppo(tiny_config(tmp_path, learning_rate=0.1, stop_on_critical=True, run_name="broken"))
+    metrics = read_metrics(run_dir)
+    assert len(metrics) < 30
+    assert (run_dir / "checkpoints" / "latest").exists()
+    err = capsys.readouterr().err
+    assert "a critical doctor finding" in err and "doctor (critical)" in err

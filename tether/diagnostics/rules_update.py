@@ -249,17 +249,29 @@ def value_loss_growing(trace: RunTrace, t: Thresholds) -> Finding | None:
     w = window_size(len(s), t.window)
     if len(settled) < 2 * w:
         return None
-    means = [mean(settled.values[k : k + w]) for k in range(0, len(settled) - w + 1)]
-    best = min(means)
+    # Value loss scales with the returns' variance: when the policy improves, scores spread out
+    # and the loss grows with them although the critic keeps up. Compare it relative to the
+    # batch score variance when that is logged.
+    # Only a growing spread excuses a growing loss; a shrinking one (saturation) never creates one.
+    std = trace.get("objective/score_std")
+    scale = {}
+    if std is not None:
+        variances = {i: v * v for i, v in zip(std.iterations, std.values)}
+        base = max(mean([variances.get(i, 0.0) for i in settled.iterations[:w]]), 1e-8)
+        scale = {i: max(var / base, 1.0) for i, var in variances.items()}
+    values = [v / scale.get(i, 1.0) for i, v in zip(settled.iterations, settled.values)]
+    means = [mean(values[k : k + w]) for k in range(0, len(values) - w + 1)]
+    best, recent_mean = min(means), mean(values[-w:])
     recent = settled.tail(w)
-    if best <= 0 or recent.mean() <= t.value_loss_growth * best:
+    if best <= 0 or recent_mean <= t.value_loss_growth * best:
         return None
+    relative = " relative to the score variance" if scale else ""
     return Finding(
         rule="value_loss_growing",
         severity="warning",
         title="Value loss keeps growing",
-        evidence=f"losses/value_loss averaged {fmt(recent.mean())} over iterations {recent.span()}, "
-        f"{fmt(recent.mean() / best)}x its best {w}-iteration mean {fmt(best)}",
+        evidence=f"losses/value_loss averaged {fmt(recent.mean())} over iterations {recent.span()}; "
+        f"{relative.strip() or 'raw'}: {fmt(recent_mean / best)}x its best {w}-iteration mean",
         cause="The critic falls behind the returns: rewards drifting in scale (unnormalised reward, KL "
         "term growing), value learning rate too low, or the value clip range too tight.",
         fix="Normalise rewards, check explained variance, raise the value learning rate or loss "

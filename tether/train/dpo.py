@@ -32,18 +32,17 @@ from typing import ClassVar, Literal, Sequence
 
 import torch
 
-from tether.data.batching import PreferenceBatch, TokenizedPair, collate_pairs, iterate_batches, tokenize_pairs
+from tether.data.batching import PreferenceBatch, TokenizedPair, collate_pairs, iterate_batches
 from tether.errors import ConfigError
 from tether.models.forward import policy_forward
-from tether.models.loading import freeze, load_causal_lm, load_tokenizer, resolve_device
+from tether.models.loading import freeze, load_causal_lm
 from tether.models.registry import resolve_model
 from tether.ops.losses import dpo_loss
-from tether.train.reward_model import load_preference_splits
+from tether.train.reward_model import start_preference_run
 from tether.utils.precision import autocast
-from tether.train.run_dir import RunDirectory, resume_checkpoint, save_pretrained_atomic
-from tether.train.sft import epoch_batches, guarded_step, make_optimizer, planned_steps, report, validate_common
+from tether.train.run_dir import save_pretrained_atomic
+from tether.train.sft import epoch_batches, guarded_step, make_optimizer, planned_steps, validate_common
 from tether.utils.checkpoint import Checkpointer
-from tether.utils.seeding import seed_everything
 from tether.utils.signals import GracefulStop
 
 DPO_STATS = ("rewards/chosen", "rewards/rejected", "rewards/accuracy", "rewards/margin", "logps/chosen", "logps/rejected")
@@ -179,20 +178,10 @@ def reference_logps(config: DPOConfig, items: Sequence[TokenizedPair], pad_id: i
 def train_dpo(config: DPOConfig) -> Path:
     """Fit the policy to the preferences; returns the run directory (``metrics.jsonl``, the
     reference cache and the final ``policy/``, loadable with ``AutoModelForCausalLM``)."""
-    device = resolve_device(config.device)
-    seed_everything(config.seed)
-    tokenizer = load_tokenizer(config.model)
+    begun = start_preference_run(config)
+    device, tokenizer, run, resume_from = begun.device, begun.tokenizer, begun.run, begun.resume_from
+    train_items, eval_items = begun.train_items, begun.eval_items
     pad_id = tokenizer.pad_token_id
-
-    train_data, eval_data = load_preference_splits(config)
-    resume_from = resume_checkpoint(config)
-    run = RunDirectory.create(config, quiet=config.quiet, resume_history=resume_from and resume_from["history"])
-    tokenize = lambda data: tokenize_pairs(  # noqa: E731
-        data.pairs, tokenizer, config.max_length, config.max_prompt_length, config.chat_template)
-    train_items, train_dropped = tokenize(train_data)
-    eval_items, eval_dropped = tokenize(eval_data) if eval_data else ([], 0)
-    train_data.dropped.truncated = train_dropped + eval_dropped
-    report(run, train_data.summary(), train_items)
 
     # π_ref once, before the policy exists in memory: (N, 2) tensors, cached in the run dir
     ref_train, cached = reference_logps(config, train_items, pad_id, device, run.path / "ref_logps")

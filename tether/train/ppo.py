@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -77,17 +76,7 @@ def _train(config: PPOConfig, dist: DistContext, device: torch.device) -> Path:
     rank_rows = config.batch_size * config.samples_per_prompt // dist.world_size
     prompts = PromptStream(prompt_list, roles.tokenizer, config.chat_template, config.max_prompt_tokens, config.seed)
     sampling = SamplingSettings(config.max_new_tokens, config.temperature, config.top_k, config.top_p)
-    policy_params, critic_params = roles.trainable_groups()
-    groups = [{"params": policy_params, "lr": config.learning_rate}]
-    if critic_params:
-        groups.append({"params": critic_params, "lr": config.learning_rate if config.critic_learning_rate is None else config.critic_learning_rate})
-    optimizer = make_adamw(groups, device, weight_decay=config.weight_decay, eps=config.adam_eps)
-    steps_per_iteration = 1 if algorithm.single_step else (
-        config.ppo_epochs * config.batch_size * config.samples_per_prompt // config.mini_batch_size)
-    scheduler = make_scheduler(optimizer, config.lr_schedule, config.warmup_steps,
-                               config.total_iterations * steps_per_iteration)
-    kl_ctl = (AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
-              if config.kl_target is not None else FixedKLController(config.kl_coef))
+    optimizer, scheduler, kl_ctl = _optimization(config, roles, algorithm, device)
     shuffle_generator = torch.Generator().manual_seed(config.seed)
     ckpt = RankZeroCheckpointer(run.path, config.checkpoint_every, config.keep_checkpoints, config.total_iterations,
                                 modules={"policy": checkpoint_view(roles.policy), "critic": roles.critic,
@@ -99,7 +88,7 @@ def _train(config: PPOConfig, dist: DistContext, device: torch.device) -> Path:
     if dist.world_size > 1:  # per-rank sampling streams (after restore: it sets rank 0's RNG everywhere)
         seed_everything(rank_seed(config.seed + start, dist))
 
-    stopping = False
+    stopping = doctor_stop = False
     with run.progress(config.total_iterations - start) as progress, GracefulStop() as stop:
         for iteration in range(start + 1, config.total_iterations + 1):
             t0 = time.perf_counter()
@@ -152,12 +141,13 @@ def _train(config: PPOConfig, dist: DistContext, device: torch.device) -> Path:
             run.log(iteration, metrics, progress)
             run.log_samples(iteration, _samples(scored, kl, config.log_samples))
             # 7. checkpoint when due (every N iterations, the last one, or after SIGINT/SIGTERM)
-            stopping = dist.any_true(bool(stop.requested))  # ranks stop together, at the same iteration
+            doctor_stop = config.stop_on_critical and run.doctor_says_stop
+            stopping = dist.any_true(bool(stop.requested) or doctor_stop)  # ranks stop together
             if ckpt.end_of_iteration(iteration, guard, run.history, stopping):
                 break
 
     if stopping:
-        run.stopped(stop.requested or "a signal to another rank", ckpt.last_saved, f"tether ppo --resume {run.path}")
+        run.stopped(stop.requested or ("a critical doctor finding" if doctor_stop else "a signal to another rank"), ckpt.last_saved, f"tether ppo --resume {run.path}")
         return run.path
     full_states = full_state_dicts(roles, dist)  # FSDP2: gathered on every rank; else None
     if dist.is_main:
@@ -165,6 +155,24 @@ def _train(config: PPOConfig, dist: DistContext, device: torch.device) -> Path:
     dist.barrier()
     run.close()
     return run.path
+
+
+def _optimization(config: PPOConfig, roles, algorithm, device: torch.device):
+    """AdamW over policy and critic (each with its learning rate), the LR schedule over all
+    optimizer steps of the run, and the β controller (adaptive when kl_target is set)."""
+    policy_params, critic_params = roles.trainable_groups()
+    groups = [{"params": policy_params, "lr": config.learning_rate}]
+    if critic_params:
+        critic_lr = config.learning_rate if config.critic_learning_rate is None else config.critic_learning_rate
+        groups.append({"params": critic_params, "lr": critic_lr})
+    optimizer = make_adamw(groups, device, weight_decay=config.weight_decay, eps=config.adam_eps)
+    steps_per_iteration = 1 if algorithm.single_step else (
+        config.ppo_epochs * config.batch_size * config.samples_per_prompt // config.mini_batch_size)
+    scheduler = make_scheduler(optimizer, config.lr_schedule, config.warmup_steps,
+                               config.total_iterations * steps_per_iteration)
+    kl_ctl = (AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
+              if config.kl_target is not None else FixedKLController(config.kl_coef))
+    return optimizer, scheduler, kl_ctl
 
 
 def _check_skips(consecutive: int, config: PPOConfig) -> None:
@@ -222,4 +230,4 @@ def _samples(scored, kl, n: int) -> list[dict]:
     return rows
 
 
-__all__ = ["train_ppo", "PPOConfig", "replace"]
+__all__ = ["train_ppo", "PPOConfig"]

@@ -77,6 +77,7 @@ class PPOConfig:
     log_samples: int = 4  # sample generations written per iteration
     save_critic: bool = True
     quiet: bool = False  # no progress bar (CI)
+    stop_on_critical: bool = False  # checkpoint and stop when the live doctor finds a critical failure
     metric_sinks: list[str] | None = None  # extra sinks: tensorboard, wandb, mlflow
     # --- scaling and memory (docs/scaling.md) -----------------------------------------------------
     strategy: Literal["auto", "none", "ddp", "fsdp2"] = "auto"  # under torchrun; auto: none for 1 process, else ddp

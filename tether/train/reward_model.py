@@ -102,14 +102,25 @@ class RewardModelConfig:
             raise ConfigError('field "normalize_samples" must be >= 2 (a std needs two scores)')
 
 
-def train_reward_model(config: RewardModelConfig) -> Path:
-    """Train, normalise and save; returns the model folder (``<run>/reward_model``), which
-    loads as ``AutoModelForSequenceClassification`` and plugs into ``tether ppo reward_model=``."""
+@dataclass
+class PreferenceRunStart:
+    """What reward-model training and DPO both begin with."""
+
+    device: torch.device
+    tokenizer: object
+    run: RunDirectory
+    resume_from: dict | None  # the checkpoint state to continue from, or None for a fresh run
+    train_data: PreferenceData
+    train_items: list  # tokenised training pairs
+    eval_items: list  # tokenised held-out pairs ([] without an eval split)
+
+
+def start_preference_run(config) -> PreferenceRunStart:
+    """Seed, load the tokenizer and the data splits, open (or resume) the run directory,
+    tokenise the pairs and print the one-line data summary."""
     device = resolve_device(config.device)
     seed_everything(config.seed)
     tokenizer = load_tokenizer(config.model)
-    pad_id = tokenizer.pad_token_id
-
     train_data, eval_data = load_preference_splits(config)
     resume_from = resume_checkpoint(config)
     run = RunDirectory.create(config, quiet=config.quiet, resume_history=resume_from and resume_from["history"])
@@ -119,6 +130,16 @@ def train_reward_model(config: RewardModelConfig) -> Path:
     eval_items, eval_dropped = tokenize(eval_data) if eval_data else ([], 0)
     train_data.dropped.truncated = train_dropped + eval_dropped
     report(run, train_data.summary(), train_items)
+    return PreferenceRunStart(device, tokenizer, run, resume_from, train_data, train_items, eval_items)
+
+
+def train_reward_model(config: RewardModelConfig) -> Path:
+    """Train, normalise and save; returns the model folder (``<run>/reward_model``), which
+    loads as ``AutoModelForSequenceClassification`` and plugs into ``tether ppo reward_model=``."""
+    begun = start_preference_run(config)
+    device, tokenizer, run, resume_from = begun.device, begun.tokenizer, begun.run, begun.resume_from
+    train_data, train_items, eval_items = begun.train_data, begun.train_items, begun.eval_items
+    pad_id = tokenizer.pad_token_id
 
     model = ScalarHeadModel.from_pretrained(config.model, device, fresh_head=config.fresh_head)
     model.set_normalization(1.0, 0.0)  # train on raw scores; gain and bias are refitted below

@@ -136,6 +136,11 @@ class RunDirectory:
         self.quiet = quiet
         self.silent = False  # no progress display at all (ranks other than 0)
         self.history: list[tuple[int, dict]] = []  # (iteration, metrics) so far: saved in checkpoints
+        from tether.diagnostics import LiveDoctor
+
+        # The run doctor, live: new findings show as warnings on the progress bar (tether doctor
+        # RUN_DIR gives the full diagnosis with evidence, cause and fix).
+        self.doctor = LiveDoctor()
 
     @classmethod
     def create(cls, config, quiet: bool = False, resume_history: list | None = None, write: bool = True) -> "RunDirectory":
@@ -190,7 +195,10 @@ class RunDirectory:
     def log(self, iteration: int, metrics: dict[str, float], progress=None) -> None:
         self.logger.log(iteration, metrics)
         self.history.append((iteration, dict(metrics)))
+        findings = self.doctor.update(iteration, metrics)
         if progress is not None:
+            for finding in findings:
+                progress.warn(f"doctor ({finding.severity}): {finding.title}; see `tether doctor {self.path}`")
             fields = {}
             if "objective/score_mean" in metrics:
                 fields["score"] = metrics["objective/score_mean"]
@@ -203,6 +211,12 @@ class RunDirectory:
 
     def warn(self, message: str) -> None:
         print(f"warning: {message}", file=sys.stderr)
+
+    @property
+    def doctor_says_stop(self) -> bool:
+        """A critical finding (NaN metrics, a critic wired wrong, ...): with stop_on_critical the
+        loop checkpoints and stops instead of burning compute on a broken run."""
+        return self.doctor.should_stop
 
     def stopped(self, signal_name: str, iteration: int | None, resume_command: str) -> None:
         """After SIGINT/SIGTERM: close the logs and say how to continue."""
