@@ -23,3 +23,15 @@ def smollm2_path():
     from tether.models.registry import resolve_model
 
     return str(resolve_model("smollm2"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on 2 shared cores run ~10x faster on one thread than on two contending ones;
+    modules of tiny-model tests opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -28,12 +28,7 @@ from tether.types import TrainBatch
 from tether.utils.seeding import seed_everything
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config(tmp_path, file: str, **overrides) -> PPOConfig:

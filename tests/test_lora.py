@@ -23,12 +23,7 @@ SMALL = ["quiet=true", "overwrite=true", "device=cpu", "batch_size=4", "mini_bat
          "ppo_epochs=2", "max_new_tokens=8", "lora_r=4", "lora_alpha=8"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config(tmp_path, *extra) -> PPOConfig:

@@ -23,12 +23,7 @@ SMALL = ["--config", "configs/ppo-tiny.yaml", "quiet=true", "device=cpu", "batch
 IGNORED = ("time/", "rollout/tokens_per_s")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class SignalAt:

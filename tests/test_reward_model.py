@@ -59,13 +59,7 @@ def write_jsonl(path, rows):
     return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny models on 2 shared cores run ~10x faster on one thread than on two contending ones
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,7 @@ from tether.reporting.sinks import read_jsonl
 from tether.train.sft import SFTConfig, completion_nll, train_sft
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_jsonl(path, rows):
