@@ -15,7 +15,9 @@ from tether.errors import TetherError
 from tether.utils.checkpoint import (Checkpointer, assert_finite, complete_checkpoints, find_latest, read_checkpoint,
                                      write_checkpoint)
 
-from tests.test_resume import SMALL, metrics, one_thread  # noqa: F401 - autouse fixture
+from tests.test_resume import SMALL, metrics
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_keeps_the_newest_n_and_points_latest_at_the_last(tmp_path):

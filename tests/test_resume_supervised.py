@@ -2,6 +2,7 @@
 checkpoint (simulated by removing the later checkpoint) continues with ``resume=auto`` to
 the same weights and metrics as the run that never stopped."""
 
+import pytest
 import json
 import shutil
 
@@ -13,7 +14,8 @@ from tether.train.reward_model import RewardModelConfig, train_reward_model
 from tether.train.sft import SFTConfig, train_sft
 from tether.utils.checkpoint import find_latest
 
-from tests.test_resume import one_thread  # noqa: F401 - autouse fixture
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 
 def write_jsonl(path, rows):
