@@ -146,16 +146,12 @@ def sample_pairs(config: DemoConfig, prompts: list, out: Path) -> Path:
     from tether.rollout.sampling import sample_responses
 
     texts = [prompt_text(p) for p in prompts]
-    per_call = max(config.sample_batch_size // 2, 1)
-    samples: list[list[str]] = []
     with phase_progress("1/6 sample pairs", total=len(texts), quiet=_quiet(config)) as bar:
-        for start in range(0, len(texts), per_call):
-            chunk = texts[start : start + per_call]
-            samples += sample_responses(config.model, chunk, k=2, max_new_tokens=config.pair_max_new_tokens,
-                                        temperature=config.pair_temperature, seed=config.seed + start,
-                                        batch_size=config.sample_batch_size, device=config.device,
-                                        precision=config.precision)
-            bar.advance(len(chunk))
+        # one call: the model is loaded once, not once per progress step
+        samples = sample_responses(config.model, texts, k=2, max_new_tokens=config.pair_max_new_tokens,
+                                   temperature=config.pair_temperature, seed=config.seed,
+                                   batch_size=config.sample_batch_size, device=config.device,
+                                   precision=config.precision, on_batch=bar.advance)
     tasks = tasks_from_samples(texts, samples, 2)
     path = out / "tasks.jsonl"
     write_tasks(tasks, path)

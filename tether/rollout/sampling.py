@@ -23,8 +23,10 @@ def sample_responses(
     use_chat_template="auto",
     top_p: float = 1.0,
     precision: str = "fp32",
+    on_batch=None,
 ) -> list[list[str]]:
-    """``k`` sampled responses for each prompt (a list of k strings per prompt)."""
+    """``k`` sampled responses for each prompt (a list of k strings per prompt). The model is
+    loaded once; ``on_batch(n_prompts)`` is called after each generate call (progress bars)."""
     dev = resolve_device(device)
     tokenizer = load_tokenizer(model)
     policy = load_causal_lm(model, dev).eval()
@@ -40,4 +42,6 @@ def sample_responses(
         with autocast(dev, precision):
             rollout = generate_rollout(policy, tokenizer, batch_prompts, batch_ids, settings, group_size=k)
         out.extend(rollout.responses[j : j + k] for j in range(0, len(rollout.responses), k))
+        if on_batch is not None:
+            on_batch(len(rows))
     return out
