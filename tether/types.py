@@ -24,6 +24,9 @@ class Rollout:
     prompts: list  # B prompts as given (str or chat messages)
     responses: list[str]  # B decoded responses, special tokens removed
     group_size: int = 1  # consecutive rows sampled from the same prompt (GRPO, RLOO)
+    # (B, R) float, log π_engine(y_t|s_t) as reported by a separate inference engine (vLLM) that
+    # sampled the tokens, 0 on padding; None when the trained policy sampled them itself (HF)
+    engine_logprobs: torch.Tensor | None = None
 
     @property
     def response_lengths(self) -> torch.Tensor:  # (B,) long

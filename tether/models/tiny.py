@@ -36,8 +36,11 @@ def build_tiny_tokenizer():
     return tok
 
 
-def build_tiny_llama(tokenizer, seed: int = 0, hidden_size: int = 64, num_layers: int = 2):
-    """A 2-layer Llama (≈ 0.1 M parameters) with random weights from ``seed``."""
+def build_tiny_llama(tokenizer, seed: int = 0, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4,
+                     num_kv_heads: int = 2):
+    """A 2-layer Llama (≈ 0.1 M parameters) with random weights from ``seed``. Head size is
+    hidden_size / num_heads: 16 by default; vLLM's CPU kernels need one of 32, 64, ... (the
+    vLLM tests build theirs with num_heads=2)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -45,8 +48,8 @@ def build_tiny_llama(tokenizer, seed: int = 0, hidden_size: int = 64, num_layers
         hidden_size=hidden_size,
         intermediate_size=hidden_size * 2,
         num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
         max_position_embeddings=512,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,

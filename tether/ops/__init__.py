@@ -19,6 +19,7 @@ from tether.ops.losses import (
     value_loss,
 )
 from tether.ops.masking import mask_after_first_eos, masked_mean, masked_sum, masked_var, masked_whiten
+from tether.ops.mismatch import logprob_mismatch, truncated_importance_weights
 
 __all__ = [
     "AdaptiveKLController",
@@ -33,6 +34,7 @@ __all__ = [
     "group_normalized_advantages",
     "kl_estimate",
     "leave_one_out_advantages",
+    "logprob_mismatch",
     "mask_after_first_eos",
     "masked_mean",
     "masked_sum",
@@ -42,5 +44,6 @@ __all__ = [
     "ppo_clip_loss",
     "reinforce_pp_advantages",
     "token_logprobs",
+    "truncated_importance_weights",
     "value_loss",
 ]

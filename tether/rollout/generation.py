@@ -98,12 +98,39 @@ def generate_rollout(
     response_ids = output[:, prompt_ids.shape[1] :]
     if response_ids.shape[1] == 0:
         response_ids = torch.full((len(prompts), 1), eos_ids[0], dtype=torch.long, device=device)
+    return build_rollout(tokenizer, prompts, prompt_ids, prompt_mask, response_ids, eos_ids, group_size)
+
+
+def build_rollout(
+    tokenizer,
+    prompts: list,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    eos_ids: list[int],
+    group_size: int = 1,
+    generated_mask: torch.Tensor | None = None,
+    token_logprobs: torch.Tensor | None = None,
+) -> Rollout:
+    """Sampled tokens -> Rollout, the same for every rollout engine: truncate each response
+    after its first EOS (masks from that, never from ``ids != pad``: the pad may be the EOS),
+    pad what follows, trim columns that are padding in every row, decode.
+
+    response_ids: (B, T) as sampled; generated_mask: (B, T) True where the engine produced a
+    token (None: every column, as HF generate pads finished rows after their EOS);
+    token_logprobs: (B, T) the engine's log-prob of each sampled token, kept as
+    ``Rollout.engine_logprobs`` (0 on padding)."""
+    pad_id = tokenizer.pad_token_id
     response_mask = mask_after_first_eos(response_ids, eos_ids)
-    ended = (torch.isin(response_ids, torch.tensor(eos_ids, device=device)) & response_mask).any(1)
+    if generated_mask is not None:
+        response_mask &= generated_mask
+    ended = (torch.isin(response_ids, torch.tensor(eos_ids, device=response_ids.device)) & response_mask).any(1)
     response_ids = response_ids.masked_fill(~response_mask, pad_id)
     # trim columns past the longest response (all padding)
     width = max(int(response_mask.sum(1).max().item()), 1)
     response_ids, response_mask = response_ids[:, :width], response_mask[:, :width]
+    if token_logprobs is not None:
+        token_logprobs = token_logprobs[:, :width].masked_fill(~response_mask, 0.0)
     texts = tokenizer.batch_decode(
         [ids[mask].tolist() for ids, mask in zip(response_ids, response_mask)], skip_special_tokens=True
     )
@@ -116,4 +143,5 @@ def generate_rollout(
         prompts=list(prompts),
         responses=texts,
         group_size=group_size,
+        engine_logprobs=token_logprobs,
     )

@@ -1,11 +1,13 @@
 """The online RLHF loop: PPO by default, and the alternatives of the algorithm table.
 
 Each iteration reads as the algorithm (cleanrl's ppo.py is the model):
-    1. generate   sample responses to a batch of prompts from the current policy
+    1. generate   sample responses to a batch of prompts from the current policy, through the
+                  rollout engine (HF generate on the policy itself, or vLLM: tether.rollout.engine)
     2. score      old log-probs, reference log-probs, values (one forward pass each), scores
     3. shape      per-token rewards: -β·KL at every token, the score at the last one
     4. advantages GAE (or the algorithm's estimator), whitened
-    5. update     K epochs of minibatch steps on the clipped surrogate + value loss
+    5. update     K epochs of minibatch steps on the clipped surrogate + value loss; then a
+                  separate rollout engine (vLLM) receives the new weights
     6. log        metrics.jsonl, samples.jsonl, progress bar; adapt β
     7. checkpoint full state every ``checkpoint_every`` iterations, at the end, and on
                   SIGINT/SIGTERM (then stop); ``resume`` continues bit for bit (docs/reliability.md)
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import closing
 from pathlib import Path
 
 import torch
@@ -30,18 +33,19 @@ from tether.models.lora import checkpoint_view
 from tether.ops.kl import AdaptiveKLController, FixedKLController
 from tether.ops.losses import explained_variance
 from tether.ops.masking import masked_mean
-from tether.rollout.generation import SamplingSettings, generate_rollout
+from tether.ops.mismatch import logprob_mismatch, truncated_importance_weights
+from tether.rollout.engine import build_rollout_engine
+from tether.rollout.generation import SamplingSettings
 from tether.rollout.prompts import PromptStream, resolve_prompts
 from tether.rollout.rewards import describe_nonfinite, is_finite
 from tether.train.algorithms import ALGORITHMS, AdvantageInputs
 from tether.train.ppo_config import PPOConfig, check_world_size, preflight
 from tether.train.rl_phases import run_updates, score_rollout, shape_rewards
-from tether.utils.precision import autocast
 from tether.train.roles import build_roles
 from tether.train.run_dir import RunDirectory, make_adamw, make_scheduler, resume_checkpoint
 from tether.types import TrainBatch
-from tether.utils.distributed import (DistContext, RankZeroCheckpointer, full_state_dicts, full_weights, init_distributed,
-                                      rank_seed, shutdown_distributed, whiten, wrap_trained)
+from tether.utils.distributed import (DistContext, RankZeroCheckpointer, full_state_dicts, init_distributed, rank_seed,
+                                      shutdown_distributed, whiten, wrap_trained)
 from tether.utils.seeding import seed_everything
 from tether.utils.signals import GracefulStop
 
@@ -87,17 +91,17 @@ def _train(config: PPOConfig, dist: DistContext, device: torch.device) -> Path:
     start, guard = ckpt.restore(resume_from) if resume_from else (0, {"consecutive_skips": 0, "total_skips": 0})
     if dist.world_size > 1:  # per-rank sampling streams (after restore: it sets rank 0's RNG everywhere)
         seed_everything(rank_seed(config.seed + start, dist))
+    engine = build_rollout_engine(config, roles, device)  # after restore: vLLM starts from the resumed weights
+    # (closing: vLLM runs an engine process and keeps temporary weight files until closed)
 
     stopping = doctor_stop = False
-    with run.progress(config.total_iterations - start) as progress, GracefulStop() as stop:
+    with run.progress(config.total_iterations - start) as progress, GracefulStop() as stop, closing(engine):
         for iteration in range(start + 1, config.total_iterations + 1):
             t0 = time.perf_counter()
             # 1. generate
             batch_prompts, batch_ids = prompts.next_batch(config.batch_size, config.samples_per_prompt)
             batch_prompts, batch_ids = dist.shard(batch_prompts, rank_rows), dist.shard(batch_ids, rank_rows)
-            with autocast(device, config.precision), full_weights(roles.actor):
-                rollout = generate_rollout(roles.policy, roles.tokenizer, batch_prompts, batch_ids, sampling,
-                                           config.samples_per_prompt)
+            rollout = engine.generate(batch_prompts, batch_ids, sampling, config.samples_per_prompt)
             t1 = time.perf_counter()
             # 2. score
             scored = score_rollout(roles, rollout, config, device)
@@ -123,6 +127,12 @@ def _train(config: PPOConfig, dist: DistContext, device: torch.device) -> Path:
                 config.gamma, config.lam, local_whiten))
             if config.whiten_advantages and not local_whiten and returns is not None:
                 advantages = whiten(advantages, rollout.response_mask, dist)
+            if config.tis_cap is not None:
+                # Truncated importance sampling (Yao et al. 2025): each token's policy-gradient loss
+                # times w = min(π_old/π_engine, C). Scaling its advantage by w is the same thing (w > 0
+                # commutes with PPO's min and clip) and leaves the losses untouched.
+                advantages = advantages * truncated_importance_weights(
+                    scored.old_logprobs, rollout.engine_logprobs, config.tis_cap, rollout.response_mask)
             batch = TrainBatch(rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids, rollout.response_mask,
                                scored.old_logprobs, scored.ref_logprobs, advantages, returns, scored.old_values)
             # 5. update: K epochs of minibatch steps
@@ -130,12 +140,17 @@ def _train(config: PPOConfig, dist: DistContext, device: torch.device) -> Path:
                                   device, shuffle_generator, dist=dist,
                                   on_skip=lambda why: run.warn(f"iteration {iteration}: {why}; step skipped"))
             t3 = time.perf_counter()
+            if not engine.shares_weights and updates.steps:
+                engine.update_weights(roles.policy.named_parameters())  # vLLM samples the next batch from these
+            t4 = time.perf_counter()
             guard["total_skips"] += updates.skipped
             guard["consecutive_skips"] = guard["consecutive_skips"] + 1 if updates.steps == 0 else 0
             _check_skips(guard["consecutive_skips"], config)
             # 6. log, then adapt β on this batch's KL
             metrics = _iteration_metrics(scored, kl, returns, kl_ctl.value, updates, optimizer, config,
-                                         timings=(t1 - t0, t2 - t1, t3 - t2, t3 - t0), skipped=guard["total_skips"])
+                                         timings=(t1 - t0, t2 - t1, t3 - t2, t4 - t0), skipped=guard["total_skips"])
+            if not engine.shares_weights:
+                metrics["time/weight_sync_s"] = t4 - t3
             metrics = dist.mean_metrics(metrics)  # the same numbers (and the same β) on every rank
             kl_ctl.update(metrics["objective/kl_k1"], len(rollout))
             run.log(iteration, metrics, progress)
@@ -208,11 +223,26 @@ def _iteration_metrics(scored, kl, returns, kl_coef, updates, optimizer, config,
         "time/iteration_s": total_s,
         "guard/skipped_updates": skipped,
     }
+    if rollout.engine_logprobs is not None:
+        metrics.update(_engine_mismatch_metrics(scored, config.tis_cap))
     if scored.old_values is not None and returns is not None:
         metrics["value/explained_variance"] = explained_variance(scored.old_values, returns, mask).item()
         metrics["value/mean"] = masked_mean(scored.old_values, mask).item()
     metrics.update(updates.means())
     return {k: (v if math.isfinite(v) else float("nan")) for k, v in metrics.items()}
+
+
+def _engine_mismatch_metrics(scored, tis_cap: float | None) -> dict[str, float]:
+    """How far the rollout engine's log-probs of the sampled tokens are from the trainer's
+    (the scoring pass's old log-probs), and, with TIS on, how the correction weighs tokens."""
+    mask = scored.rollout.response_mask
+    mismatch = logprob_mismatch(scored.rollout.engine_logprobs, scored.old_logprobs, mask)
+    metrics = {"rollout/logprob_mismatch": mismatch["mean"].item(), "rollout/logprob_mismatch_max": mismatch["max"].item()}
+    if tis_cap is not None:
+        weights = truncated_importance_weights(scored.old_logprobs, scored.rollout.engine_logprobs, tis_cap, mask)
+        metrics["rollout/tis_weight_mean"] = masked_mean(weights, mask).item()
+        metrics["rollout/tis_capped_frac"] = masked_mean((weights >= tis_cap).float(), mask).item()
+    return metrics
 
 
 def _samples(scored, kl, n: int) -> list[dict]:

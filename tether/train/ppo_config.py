@@ -87,6 +87,8 @@ class PPOConfig:
     lora_target_modules: list[str] | None = None  # module names to adapt; default: every linear layer but the LM head
     gradient_checkpointing: bool = False  # recompute activations in backward (policy and critic): less memory, ~30% slower
     offload_frozen: bool = False  # keep reference and reward model on the CPU between their forwards (GPU only; no-op on CPU)
+    rollout_engine: Literal["hf", "vllm"] = "hf"  # who samples: hf = generate() on the trained policy; vllm = vLLM, weights pushed after each update (extra tether[vllm]; one process, no LoRA; docs/scaling.md)
+    tis_cap: float | None = None  # vllm only: truncated importance sampling, each token's policy loss times min(π_trainer/π_vllm, tis_cap) (Yao et al. 2025; e.g. 2); null = off
     # --- reliability (docs/reliability.md) ------------------------------------------------------
     checkpoint_every: int = 0  # full-state checkpoint every N iterations and at the end; 0 = only on SIGINT/SIGTERM
     keep_checkpoints: int = 2  # newest checkpoints kept in <run>/checkpoints
@@ -135,12 +137,24 @@ class PPOConfig:
             raise ConfigError("with lora_r > 0 the reference is the policy with its adapters off; leave reference unset")
         if not 0 <= self.lam <= 1 or not 0 <= self.gamma <= 1:
             raise ConfigError('fields "gamma" and "lam" must be in [0, 1]')
+        if self.tis_cap is not None and self.rollout_engine == "hf":
+            raise ConfigError('field "tis_cap" corrects a separate rollout engine\'s log-probs; with rollout_engine=hf '
+                              "the policy samples itself and there is nothing to correct: leave it unset")
+        if self.tis_cap is not None and self.tis_cap < 1:
+            raise ConfigError(f'field "tis_cap" must be >= 1 (below 1 it would shrink the weight of every token '
+                              f"on which engine and trainer agree), got {self.tis_cap}")
+        if self.rollout_engine == "vllm" and self.lora_r:
+            raise ConfigError("rollout_engine=vllm with lora_r > 0 is not supported yet (vLLM would need the merged "
+                              "weights after every update); use rollout_engine=hf")
 
 
 def check_world_size(config: PPOConfig, world_size: int) -> None:
     """batch_size and mini_batch_size are global (summed over ranks): each must split evenly."""
     if world_size == 1:
         return
+    if config.rollout_engine == "vllm":
+        raise ConfigError(f"rollout_engine=vllm runs in a single process for now, not under torchrun ({world_size} "
+                          "ranks); use rollout_engine=hf with several ranks")
     if config.batch_size % world_size or config.mini_batch_size % (world_size * config.micro_batch_size):
         raise ConfigError(
             f"with {world_size} ranks, batch_size ({config.batch_size}) must be a multiple of {world_size} and "
@@ -175,6 +189,13 @@ def preflight(config: PPOConfig) -> None:
                 raise ConfigError(f'field "{name}": {exc}') from None
     if config.reward_function is not None:
         load_function(config.reward_function)
+    if config.rollout_engine == "vllm":
+        import importlib.util
+
+        from tether.rollout.vllm_engine import INSTALL_HINT
+
+        if importlib.util.find_spec("vllm") is None:
+            raise ConfigError(INSTALL_HINT)
     policy_config = _model_config(folders["policy"])
     context = policy_config.get("max_position_embeddings")
     needed = config.max_prompt_tokens + config.max_new_tokens
