@@ -14,7 +14,7 @@ import torch
 
 from tether.config import load_config
 from tether.data.preferences import load_preferences
-from tether.errors import ConfigError
+from tether.errors import ConfigError, TetherError
 from tether.models.registry import resolve_model
 from tether.models.scalar_head import ScalarHeadModel
 from tether.ops.losses import bradley_terry_loss
@@ -268,3 +268,27 @@ def test_smollm2_reward_model_on_conversational_pairs(tmp_path):
                                learning_rate=1e-5, output_dir=str(tmp_path), run_name="smol", quiet=True)
     model = ScalarHeadModel.from_pretrained(train_reward_model(config))
     assert model.gain > 0 and math.isfinite(model.bias)
+
+
+def test_trainable_layers_moves_only_the_top_blocks_norm_and_head(tmp_path):
+    """trainable_layers=1: after training, every tensor below the top block is bit-identical to
+    the initial backbone, and the top block and the head have moved."""
+    data = write_jsonl(tmp_path / "p.jsonl", topic_rule_pairs(32, seed=3))
+    config = RewardModelConfig(data=str(data), eval_fraction=0.0, max_steps=3, learning_rate=1e-2,
+                               trainable_layers=1, normalize="none", output_dir=str(tmp_path), run_name="t",
+                               quiet=True)
+    before = ScalarHeadModel.from_pretrained("tiny-llama").hf_model.state_dict()
+    after = ScalarHeadModel.from_pretrained(train_reward_model(config)).hf_model.state_dict()
+    n_blocks = 1 + max(int(k.split(".")[2]) for k in before if ".layers." in k)
+    top = f".layers.{n_blocks - 1}."
+    frozen = [k for k in before if k.startswith("model.") and top not in k and k != "model.norm.weight"]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert any(not torch.equal(before[k], after[k]) for k in before if top in k)
+    assert "score.weight" in after
+
+
+def test_trainable_layers_beyond_the_model_is_a_clear_error():
+    model = ScalarHeadModel.from_pretrained("tiny-llama", fresh_head=True)
+    with pytest.raises(TetherError, match="trainable_layers=99: the model has 2 decoder blocks"):
+        model.train_top_layers(99)
+    assert model.train_top_layers(0) == 2  # the final norm's weight and the head's (no bias)

@@ -72,6 +72,26 @@ class ScalarHeadModel(torch.nn.Module):
             if self.head.bias is not None:
                 self.head.bias.zero_()
 
+    def train_top_layers(self, n: int) -> int:
+        """Freeze the embeddings and every decoder block but the top ``n`` (the final norm and
+        the head stay trainable; ``n = 0`` trains the head alone, a linear probe). Few-pair
+        reward models overfit when the whole backbone moves (InstructGPT §C.2 trains 1 epoch
+        for that reason); freezing the lower blocks is the usual cheaper regulariser, and
+        backward stops at the lowest trainable block. Returns the number of trainable tensors."""
+        blocks = _decoder_blocks(self.backbone)
+        if not 0 <= n <= len(blocks):
+            raise TetherError(f"trainable_layers={n}: the model has {len(blocks)} decoder blocks")
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        for block in list(blocks)[len(blocks) - n:]:
+            for p in block.parameters():
+                p.requires_grad_(True)
+        for name, module in self.backbone.named_children():  # the final norm (norm, ln_f, final_layer_norm)
+            if "norm" in name or name.startswith("ln_"):
+                for p in module.parameters():
+                    p.requires_grad_(True)
+        return sum(1 for p in self.parameters() if p.requires_grad)
+
     # ----- forward ------------------------------------------------------------------------------
     def forward(self, inputs: SequenceInputs) -> torch.Tensor:
         """Raw head output at every position: (B, L) float32."""
@@ -113,6 +133,18 @@ class ScalarHeadModel(torch.nn.Module):
     @property
     def config(self):
         return self.hf_model.config
+
+
+def _decoder_blocks(backbone) -> torch.nn.ModuleList:
+    """The stack of transformer blocks: ``layers`` (Llama, Qwen, Mistral), ``h`` (GPT-2),
+    ``encoder.layer`` (BERT)."""
+    for path in ("layers", "h", "encoder.layer", "block"):
+        obj = backbone
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+        if isinstance(obj, torch.nn.ModuleList):
+            return obj
+    raise TypeError(f"{type(backbone).__name__}: cannot find its decoder blocks (layers / h / encoder.layer)")
 
 
 def _find_head(hf_model) -> torch.nn.Linear:

@@ -53,6 +53,7 @@ class RewardModelConfig:
     # --- model --------------------------------------------------------------------------------
     model: str = "tiny-llama"  # init: any causal LM / encoder (a fresh scalar head), or an earlier reward model
     fresh_head: bool = False  # re-draw the head even if the checkpoint has one (N(0, 1/(d+1)))
+    trainable_layers: int | None = None  # train only the top N blocks + final norm + head (0: head only); None: all
     # --- data ---------------------------------------------------------------------------------
     data: str = ""  # preference pairs or rankings: .jsonl/.json/.csv/.parquet or datasets folder
     split: str | None = None  # split of a DatasetDict folder (default: train)
@@ -143,9 +144,11 @@ def train_reward_model(config: RewardModelConfig) -> Path:
 
     model = ScalarHeadModel.from_pretrained(config.model, device, fresh_head=config.fresh_head)
     model.set_normalization(1.0, 0.0)  # train on raw scores; gain and bias are refitted below
+    if config.trainable_layers is not None:
+        model.train_top_layers(config.trainable_layers)
     model.train()
     total_steps = planned_steps(len(train_items), config)
-    optimizer, scheduler = make_optimizer(model.parameters(), config, total_steps)
+    optimizer, scheduler = make_optimizer([p for p in model.parameters() if p.requires_grad], config, total_steps)
     collate = lambda items: collate_pairs(items, pad_id)  # noqa: E731
 
     ckpt = Checkpointer(run.path, config.checkpoint_every, config.keep_checkpoints, total_steps,
