@@ -12,7 +12,7 @@ import pytest
 from tether.cli import main
 from tether.config import load_config
 from tether.demo.config import DemoConfig
-from tether.demo.evaluate import bootstrap_ci
+from tether.demo.evaluate import bootstrap_ci, per_prompt_means
 from tether.demo.gold import gold_labeler, gold_score
 from tether.errors import ConfigError
 
@@ -27,23 +27,25 @@ def run_quick(out: Path, *extra: str, options: tuple[str, ...] = ()) -> int:
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo") / "quick"
-    assert run_quick(out) == 0
+    assert run_quick(out, "eval_samples_per_prompt=2") == 0
     return out
 
 
 # ----- the simulated human ------------------------------------------------------------------
 
 
-def test_gold_prefers_friendly_concise_on_topic_answers():
+def test_gold_prefers_complete_concise_on_topic_friendly_answers():
     prompt = "How do I boil an egg?"
     good = "Happy to help! Boil the egg in water for eight minutes."
     cold = "Put the egg in water and heat it for eight minutes"
     rambling = " ".join(["Eggs are a food that people have eaten for a very long time."] * 6)
     assert gold_score(prompt, good) > gold_score(prompt, cold) > gold_score(prompt, rambling)
     assert gold_score(prompt, "") == -2.0
-    # friendly: "happy" and "!" of 3 -> 2/3; on topic: {boil, egg} both reused -> 0.5; finished: 0.3;
-    # 11 words -> -11/60
-    assert gold_score(prompt, good) == pytest.approx(2 / 3 + 0.5 + 0.3 - 11 / 60)
+    # complete: ends on "." -> 1.0; on topic: {boil, egg} both reused -> 0.5; friendly: "happy"
+    # and "!" of 3 -> 0.3 * 2/3; 11 words -> -11/60
+    assert gold_score(prompt, good) == pytest.approx(1.0 + 0.5 + 0.3 * 2 / 3 - 11 / 60)
+    # cut off (no sentence mark): 0; on topic: "egg" of {boil, egg} -> 0.25; 11 words
+    assert gold_score(prompt, cold) == pytest.approx(0.25 - 11 / 60)
 
 
 def test_gold_labeler_ranks_best_first_and_ties_equal_scores():
@@ -59,6 +61,12 @@ def test_bootstrap_interval_brackets_the_mean():
     assert mean == 0.5 and lo < 0.5 < hi
     assert hi - lo == pytest.approx(2 * 1.96 * 0.05, abs=0.03)  # ≈ ±1.96·σ/√n, σ = 0.5, n = 100
     assert bootstrap_ci([2.0] * 5, 100) == (2.0, 2.0, 2.0)
+
+
+def test_per_prompt_means_average_each_prompts_responses():
+    # prompts a, b, c with 2 responses each: (1+3)/2, (0+0)/2, (5+6)/2
+    assert per_prompt_means([1.0, 3.0, 0.0, 0.0, 5.0, 6.0], 2) == [2.0, 0.0, 5.5]
+    assert per_prompt_means([1.0, 2.0], 1) == [1.0, 2.0]
 
 
 def test_config_errors_are_one_line(tmp_path):
@@ -86,7 +94,7 @@ def test_quick_demo_writes_every_artifact(quick_run, capsys):
                  "ppo/policy/config.json", "ppo/metrics.jsonl", "eval.json", "report.html", "report.md"):
         assert (quick_run / name).exists(), name
     result = json.loads((quick_run / "eval.json").read_text())
-    assert result["prompts"] == 6
+    assert result["prompts"] == 6 and result["responses_per_prompt"] == 2
     for policy in ("sft", "ppo"):
         for key in ("gold", "rm", "kl", "length"):
             cell = result["policies"][policy][key]
@@ -108,11 +116,18 @@ def test_quick_demo_report_has_the_evaluation_first_and_png_plots(quick_run):
         width, height = struct.unpack(">II", data[16:24])
         assert width > 200 and height > 100
     assert "win rate PPO over SFT" in (quick_run / "report.md").read_text()
+    assert "6 held-out prompts, 2 sampled responses each (averaged per prompt)" in html
 
 
 def test_another_labeler_from_the_command_line(tmp_path, capsys):
+    """Also: more pairs than training prompts cycles the prompts (8 pairs from 3 prompts)."""
     out = tmp_path / "longer"
-    assert run_quick(out, "ppo_iterations=1", options=("--labeler", "tether.labeling.simulated:prefer_longer")) == 0
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ("Name a fruit.", "Say hi.", "Count to 3.")))
+    assert run_quick(out, "ppo_iterations=1", f"prompts={prompts}",
+                     options=("--labeler", "tether.labeling.simulated:prefer_longer")) == 0
+    tasks = [json.loads(line) for line in (out / "tasks.jsonl").read_text().splitlines()]
+    assert len(tasks) == 8 and sorted({t["prompt"] for t in tasks}) == ["Count to 3.", "Name a fruit.", "Say hi."]
     rows = [json.loads(line) for line in (out / "preferences.jsonl").read_text().splitlines()]
     assert all(r["labeler"] == "sim-prefer-longer" for r in rows)
     assert all(len(r["chosen"]) >= len(r["rejected"]) for r in rows)

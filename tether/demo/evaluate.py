@@ -1,11 +1,13 @@
 """Step 5 of the demo: the SFT policy against the PPO policy on held-out prompts.
 
-For each policy, one sampled response per held-out prompt (same seed, same sampling settings
-as training), then per response: the gold score (the simulated human's taste), the reward
+For each policy, ``per_prompt`` sampled responses per held-out prompt (same seed, same sampling
+settings as training), then per response: the gold score (the simulated human's taste), the reward
 model's score, the KL to the reference (the SFT weights) as Σ_t log π(y_t|s_t) − log π_ref(y_t|s_t)
 over the response (k1, nats per response; exactly 0 for the SFT policy itself), and the length
-in tokens. Means come with 95% percentile-bootstrap intervals (Efron & Tibshirani 1993). The
-win rate asks the labeler to compare the two responses to each prompt (a tie counts ½).
+in tokens. Values are averaged per prompt first, and the 95% percentile-bootstrap intervals
+(Efron & Tibshirani 1993) resample prompts: responses to one prompt are not independent, so
+resampling them singly would give intervals that are too narrow. The win rate asks the
+labeler to compare the two policies' j-th responses to each prompt (a tie counts ½).
 """
 
 from __future__ import annotations
@@ -86,6 +88,11 @@ def sample_and_score(name: str, policy, reference, tokenizer, prompts: list, rew
     return out
 
 
+def per_prompt_means(values: Sequence[float], per_prompt: int) -> list[float]:
+    """Mean of each consecutive group of ``per_prompt`` values (the responses to one prompt)."""
+    return [sum(values[i : i + per_prompt]) / per_prompt for i in range(0, len(values), per_prompt)]
+
+
 def response_kl(policy, reference, rollout: Rollout, temperature: float) -> torch.Tensor:
     """(B,) Σ_t [log π(y_t|s_t) − log π_ref(y_t|s_t)] over each response's real tokens."""
     inputs = build_inputs(rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids, rollout.response_mask)
@@ -109,32 +116,36 @@ def win_rate(labeler: Callable, a: PolicySamples, b: PolicySamples) -> list[floa
 
 def evaluate_policies(sft_name: str, ppo_dir: Path, rm_dir: Path, prompts: list, labeler: Callable,
                       gold: Callable[[str, str], float], settings: SamplingSettings, device, *, resamples: int,
-                      seed: int, show: int, quiet: bool | None, precision: str = "fp32") -> dict[str, Any]:
-    """The ``eval.json`` mapping: per-policy means with 95% intervals, the win rate of PPO
-    over SFT, and a few side-by-side samples."""
+                      seed: int, show: int, quiet: bool | None, precision: str = "fp32",
+                      per_prompt: int = 1) -> dict[str, Any]:
+    """The ``eval.json`` mapping: per-policy means with 95% intervals (over prompts), the win
+    rate of PPO over SFT, and a few side-by-side samples."""
     tokenizer = load_tokenizer(sft_name)
     reference = freeze(load_causal_lm(sft_name, device))
     ppo = freeze(load_causal_lm(ppo_dir, device))
     rm = freeze(ScalarHeadModel.from_pretrained(rm_dir, device))
     reward = ModelReward(rm, load_tokenizer(rm_dir), tokenizer, EVAL_BATCH)
-    sft_s = sample_and_score("sft", reference, reference, tokenizer, prompts, reward, gold, settings, seed, quiet, precision)
-    ppo_s = sample_and_score("ppo", ppo, reference, tokenizer, prompts, reward, gold, settings, seed, quiet, precision)
+    rows = [p for p in prompts for _ in range(per_prompt)]  # each prompt's responses consecutive
+    sft_s = sample_and_score("sft", reference, reference, tokenizer, rows, reward, gold, settings, seed, quiet, precision)
+    ppo_s = sample_and_score("ppo", ppo, reference, tokenizer, rows, reward, gold, settings, seed, quiet, precision)
+    by_prompt = lambda values: per_prompt_means(values, per_prompt)  # noqa: E731
 
     def summary(s: PolicySamples) -> dict[str, Any]:
         row = {}
         for key in ("gold", "rm", "kl", "length"):
-            mean, lo, hi = bootstrap_ci(getattr(s, key), resamples, seed)
+            mean, lo, hi = bootstrap_ci(by_prompt(getattr(s, key)), resamples, seed)
             row[key] = {"mean": mean, "ci95": [lo, hi]}
         row["eos_fraction"] = sum(s.ended_with_eos) / max(len(s.ended_with_eos), 1)
         return row
 
-    wins = win_rate(labeler, ppo_s, sft_s)
+    wins = by_prompt(win_rate(labeler, ppo_s, sft_s))
     mean, lo, hi = bootstrap_ci(wins, resamples, seed)
-    gold_diff = [p - q for p, q in zip(ppo_s.gold, sft_s.gold)]
+    gold_diff = by_prompt([p - q for p, q in zip(ppo_s.gold, sft_s.gold)])
     d_mean, d_lo, d_hi = bootstrap_ci(gold_diff, resamples, seed)
     policies = {"sft": summary(sft_s), "ppo": summary(ppo_s)}
     return {
         "prompts": len(prompts),
+        "responses_per_prompt": per_prompt,
         "policies": policies,
         "win_rate_ppo_over_sft": {"mean": mean, "ci95": [lo, hi]},
         "gold_gain": {"mean": d_mean, "ci95": [d_lo, d_hi]},  # paired: same prompts, PPO − SFT
@@ -142,6 +153,6 @@ def evaluate_policies(sft_name: str, ppo_dir: Path, rm_dir: Path, prompts: list,
         "samples": [
             {"prompt": sft_s.prompts[i], "sft": sft_s.responses[i], "ppo": ppo_s.responses[i],
              "sft_gold": sft_s.gold[i], "ppo_gold": ppo_s.gold[i], "ppo_kl": ppo_s.kl[i]}
-            for i in range(min(show, len(prompts)))
+            for i in range(0, min(show, len(prompts)) * per_prompt, per_prompt)
         ],
     }

@@ -7,12 +7,15 @@ function, only the labels it produced: whether the learned reward carries the go
 the policy is what the demo measures (Gao et al. 2022 call this the "gold reward model"
 set-up).
 
-The taste it encodes is deliberately simple, so that a small reward model can learn it from a
-couple of hundred comparisons:
+The taste it encodes is that of a reader who wants concise, complete, on-topic, friendly
+answers, weighted by what a small reward model can learn from a few hundred comparisons:
 
-- friendly: warm words ("glad", "happy", "hope", "great", "!") earn up to +1.0;
+- complete: a response that ends on a sentence mark (not cut off mid-sentence) earns +1.0.
+  It is the heaviest term because it is the clearest: a linear probe on SmolLM2's last hidden
+  state separates complete from cut-off answers perfectly from 33 pairs, while word-count
+  features such as "friendly" stay near chance (benchmarks/NOTES.md, "demo reward model");
 - on topic: the share of the prompt's content words the response reuses earns up to +0.5;
-- finished: a response that ends on a sentence mark (not cut off mid-sentence) earns +0.3;
+- friendly: warm words ("glad", "happy", "hope", "great", "!") earn up to +0.3;
 - concise: every word costs 1/60 (a 30-word answer loses 0.5, a 60-word one 1.0); an empty
   answer scores -2. Being continuous, this term also breaks most ties between two answers
   that are otherwise alike, so few comparisons are lost to ties.
@@ -47,11 +50,11 @@ def gold_score(prompt: str, response: str) -> float:
     if not words:
         return -2.0
     lowered = response.lower()
-    friendly = min(sum(lowered.count(w) for w in FRIENDLY_WORDS), 3) / 3.0
+    complete = 1.0 if response.rstrip().endswith((".", "!", "?", '"', ")")) else 0.0
     topic_words = _content_words(prompt)
     on_topic = len(topic_words & _content_words(response)) / len(topic_words) if topic_words else 0.0
-    finished = 0.3 if response.rstrip().endswith((".", "!", "?", '"', ")")) else 0.0
-    return friendly + 0.5 * on_topic + finished - len(words) / WORDS_PER_POINT
+    friendly = min(sum(lowered.count(w) for w in FRIENDLY_WORDS), 3) / 3.0
+    return complete + 0.5 * on_topic + 0.3 * friendly - len(words) / WORDS_PER_POINT
 
 
 def gold_labeler(prompt: str, responses: list[str]) -> list[int] | str:

@@ -73,7 +73,8 @@ def run_demo(config: DemoConfig) -> DemoResult:
         print(f"[demo] {name}: {timings[name]:.0f} s", flush=True)
 
     t = time.perf_counter()
-    tasks_file = sample_pairs(config, train_prompts[: config.pairs], out)
+    pair_prompts = [train_prompts[i % len(train_prompts)] for i in range(config.pairs)]
+    tasks_file = sample_pairs(config, pair_prompts, out)
     step("1 sample pairs", t)
 
     t = time.perf_counter()
@@ -96,7 +97,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
         config.model, ppo_dir / "policy", rm_dir, eval_prompts, labeler, gold,
         SamplingSettings(config.max_new_tokens, config.temperature), device,
         resamples=config.bootstrap, seed=config.seed, show=config.show_samples, quiet=_quiet(config),
-        precision=config.precision)
+        precision=config.precision, per_prompt=config.eval_samples_per_prompt)
     result["reward_model_accuracy"] = rm_accuracy
     result["labels"] = labels
     result["kl_coef"] = config.kl_coef
@@ -190,6 +191,7 @@ def train_reward(config: DemoConfig, prefs: Path, out: Path) -> tuple[Path, floa
     rm_config = RewardModelConfig(
         model=config.model, data=str(prefs), eval_fraction=config.rm_eval_fraction, epochs=config.rm_epochs,
         max_steps=config.rm_max_steps, batch_size=config.rm_batch_size, learning_rate=config.rm_learning_rate,
+        trainable_layers=config.rm_trainable_layers,
         eval_every=10_000, normalize="chosen", seed=config.seed, device=config.device, output_dir=str(out),
         precision=config.precision,
         run_name="rm", quiet=bool(config.quiet))

@@ -73,14 +73,15 @@ def eval_section(result: dict[str, Any], plots: list[Path], out: Path, extra: di
     figures = "".join(
         f'<figure><img src="{escape(str(p.relative_to(out)))}" alt="{escape(p.stem)}"></figure>' for p in plots)
     html = (
-        f"<p>{result['prompts']} held-out prompts, one sampled response each from the SFT policy and the PPO policy.</p>"
+        f"<p>{result['prompts']} held-out prompts, {_responses_each(result.get('responses_per_prompt', 1))} "
+        "from the SFT policy and the PPO policy; intervals resample prompts.</p>"
         "<ul>" + "".join(f"<li>{f}</li>" for f in facts) + "</ul>"
         "<table><tr><th>measure</th><th>SFT mean [95% CI]</th><th>PPO mean [95% CI]</th></tr>" + rows_html + "</table>"
         + figures
         + "<h3>Side by side</h3><table><tr><th>prompt</th><th>SFT</th><th>gold</th><th>PPO</th><th>gold</th></tr>"
         + samples + "</table>"
     )
-    md = [f"{result['prompts']} held-out prompts, one response each.", "",
+    md = [f"{result['prompts']} held-out prompts, {_responses_each(result.get('responses_per_prompt', 1))}.", "",
           f"- win rate PPO over SFT: {_ci(result['win_rate_ppo_over_sft'])}",
           f"- gold gain (paired): {_ci(result['gold_gain'])}; intervals separate: {result['gold_intervals_separate']}",
           f"- KL of PPO to reference: {policies['ppo']['kl']['mean']:.2f} nats/response"]
@@ -96,3 +97,7 @@ def write_demo_report(out: Path, ppo_dir: Path, result: dict[str, Any], extra: d
     section = eval_section(result, plots, out, extra)
     files = write_report(ppo_dir, out, title=f"tether demo: {out.name}", sections=[section])
     return ReportFiles(files.html, files.markdown, plots + files.plots)
+
+
+def _responses_each(n: int) -> str:
+    return "one sampled response each" if n == 1 else f"{n} sampled responses each (averaged per prompt)"
