@@ -287,7 +287,9 @@ def test_trainable_layers_moves_only_the_top_blocks_norm_and_head(tmp_path):
     assert "score.weight" in after
 
 
-def test_trainable_layers_beyond_the_model_is_a_clear_error():
+def test_trainable_layers_out_of_range_is_a_clear_error():
+    with pytest.raises(ConfigError, match='field "trainable_layers" must be >= 0'):
+        RewardModelConfig(data="x.jsonl", trainable_layers=-1)
     model = ScalarHeadModel.from_pretrained("tiny-llama", fresh_head=True)
     with pytest.raises(TetherError, match="trainable_layers=99: the model has 2 decoder blocks"):
         model.train_top_layers(99)

@@ -73,11 +73,12 @@ class ScalarHeadModel(torch.nn.Module):
                 self.head.bias.zero_()
 
     def train_top_layers(self, n: int) -> int:
-        """Freeze the embeddings and every decoder block but the top ``n`` (the final norm and
-        the head stay trainable; ``n = 0`` trains the head alone, a linear probe). Few-pair
-        reward models overfit when the whole backbone moves (InstructGPT §C.2 trains 1 epoch
-        for that reason); freezing the lower blocks is the usual cheaper regulariser, and
-        backward stops at the lowest trainable block. Returns the number of trainable tensors."""
+        """Freeze the embeddings and every decoder block but the top ``n``; the final norm and
+        the head stay trainable (``n = 0``: those two only, close to a linear probe). Few-pair
+        reward models overfit when the whole backbone moves (InstructGPT trains its reward
+        models for one epoch for that reason, Ouyang et al. 2022); freezing the lower blocks
+        is a cheaper regulariser, and backward stops at the lowest trainable block. Returns
+        the number of trainable tensors."""
         blocks = _decoder_blocks(self.backbone)
         if not 0 <= n <= len(blocks):
             raise TetherError(f"trainable_layers={n}: the model has {len(blocks)} decoder blocks")

@@ -99,6 +99,8 @@ class RewardModelConfig:
         if not self.data:
             raise ConfigError('field "data" is required: a preference file (prompt/chosen/rejected or rankings)')
         validate_common(self)
+        if self.trainable_layers is not None and self.trainable_layers < 0:
+            raise ConfigError(f'field "trainable_layers" must be >= 0 (or null to train every block), got {self.trainable_layers}')
         if self.normalize_samples < 2:
             raise ConfigError('field "normalize_samples" must be >= 2 (a std needs two scores)')
 
