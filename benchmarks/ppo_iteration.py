@@ -1,8 +1,8 @@
 """Seconds per PPO iteration, per phase, and achieved FLOP/s of tether's loop on SmolLM2-135M.
 
 The iteration is tether's own: roles from ``tether.train.roles.build_roles``, then the phases
-of ``tether.train.ppo.train_ppo`` in the same order with the same functions (generate_rollout,
-score_rollout, shape_rewards, the algorithm's advantages, run_updates) and the same
+of ``tether.train.ppo.train_ppo`` in the same order with the same functions (the HF rollout
+engine, score_rollout, shape_rewards, the algorithm's advantages, run_updates) and the same
 optimizer/scheduler. The one difference: responses are forced to exactly --response-tokens
 tokens (SamplingSettings.min_new_tokens = max_new_tokens, i.e. EOS suppressed until then), so
 every iteration does the same work. Nothing is written to disk (no run directory).
@@ -79,25 +79,26 @@ def build(args, reward_folder: Path):
     steps = config.ppo_epochs * config.batch_size // config.mini_batch_size
     scheduler = make_scheduler(optimizer, config.lr_schedule, config.warmup_steps, config.total_iterations * steps)
     kl_ctl = FixedKLController(config.kl_coef)
+    from tether.rollout.engine import HFEngine
+
+    engine = HFEngine(roles.policy, roles.tokenizer, device, config.precision, sharded=roles.actor)
     return dict(config=config, algorithm=algorithm, device=device, roles=roles, prompts=prompts, sampling=sampling,
+                engine=engine,
                 optimizer=optimizer, scheduler=scheduler, kl_ctl=kl_ctl,
                 generator=torch.Generator().manual_seed(config.seed))
 
 
 def one_iteration(s) -> dict:
     """train_ppo's loop body (tether/train/ppo.py), minus logging and the run directory."""
-    from tether.rollout.generation import generate_rollout
     from tether.train.algorithms import AdvantageInputs
-    from tether.train.rl_phases import autocast, run_updates, score_rollout, shape_rewards
+    from tether.train.rl_phases import run_updates, score_rollout, shape_rewards
     from tether.types import TrainBatch
 
     config, roles, algorithm, device = s["config"], s["roles"], s["algorithm"], s["device"]
     c0 = time.process_time()  # CPU seconds of this process (all threads): far less load-sensitive than wall time
     t0 = time.perf_counter()
     batch_prompts, batch_ids = s["prompts"].next_batch(config.batch_size, config.samples_per_prompt)
-    with autocast(device, config.precision):
-        rollout = generate_rollout(roles.policy, roles.tokenizer, batch_prompts, batch_ids, s["sampling"],
-                                   config.samples_per_prompt)
+    rollout = s["engine"].generate(batch_prompts, batch_ids, s["sampling"], config.samples_per_prompt)
     t1 = time.perf_counter()
     scored = score_rollout(roles, rollout, config, device)
     t2 = time.perf_counter()

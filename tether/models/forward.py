@@ -50,6 +50,14 @@ def decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.
     return decoder, head
 
 
+def decoder_blocks(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The transformer blocks of any model: its largest ``ModuleList`` by parameter count
+    (``layers`` in Llama/Qwen/Mistral, ``h`` in GPT-2, ``encoder.layer`` in BERT). Empty when
+    there is none."""
+    lists = [m for m in module.modules() if isinstance(m, torch.nn.ModuleList)]
+    return list(max(lists, key=lambda l: sum(p.numel() for p in l.parameters()))) if lists else []
+
+
 def response_hidden_states(decoder: torch.nn.Module, inputs: SequenceInputs, response_width: int) -> torch.Tensor:
     """Hidden states of the states s_0..s_{R-1}: (B, R, H)."""
     out = decoder(

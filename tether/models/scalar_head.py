@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from tether.errors import TetherError
-from tether.models.forward import SequenceInputs
+from tether.models.forward import SequenceInputs, decoder_blocks
 from tether.models.loading import quiet_transformers, disable_dropout
 from tether.models.registry import resolve_model
 
@@ -79,12 +79,14 @@ class ScalarHeadModel(torch.nn.Module):
         models for one epoch for that reason, Ouyang et al. 2022); freezing the lower blocks
         is a cheaper regulariser, and backward stops at the lowest trainable block. Returns
         the number of trainable tensors."""
-        blocks = _decoder_blocks(self.backbone)
+        blocks = decoder_blocks(self.backbone)
+        if not blocks:
+            raise TypeError(f"{type(self.backbone).__name__}: no stack of transformer blocks (ModuleList) found")
         if not 0 <= n <= len(blocks):
             raise TetherError(f"trainable_layers={n}: the model has {len(blocks)} decoder blocks")
         for p in self.backbone.parameters():
             p.requires_grad_(False)
-        for block in list(blocks)[len(blocks) - n:]:
+        for block in blocks[len(blocks) - n:]:
             for p in block.parameters():
                 p.requires_grad_(True)
         for name, module in self.backbone.named_children():  # the final norm (norm, ln_f, final_layer_norm)
@@ -134,18 +136,6 @@ class ScalarHeadModel(torch.nn.Module):
     @property
     def config(self):
         return self.hf_model.config
-
-
-def _decoder_blocks(backbone) -> torch.nn.ModuleList:
-    """The stack of transformer blocks: ``layers`` (Llama, Qwen, Mistral), ``h`` (GPT-2),
-    ``encoder.layer`` (BERT)."""
-    for path in ("layers", "h", "encoder.layer", "block"):
-        obj = backbone
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-        if isinstance(obj, torch.nn.ModuleList):
-            return obj
-    raise TypeError(f"{type(backbone).__name__}: cannot find its decoder blocks (layers / h / encoder.layer)")
 
 
 def _find_head(hf_model) -> torch.nn.Linear:

@@ -127,12 +127,14 @@ def _train(config: PPOConfig, dist: DistContext, device: torch.device) -> Path:
                 config.gamma, config.lam, local_whiten))
             if config.whiten_advantages and not local_whiten and returns is not None:
                 advantages = whiten(advantages, rollout.response_mask, dist)
+            tis_weights = None
             if config.tis_cap is not None:
                 # Truncated importance sampling (Yao et al. 2025): each token's policy-gradient loss
                 # times w = min(π_old/π_engine, C). Scaling its advantage by w is the same thing (w > 0
                 # commutes with PPO's min and clip) and leaves the losses untouched.
-                advantages = advantages * truncated_importance_weights(
+                tis_weights = truncated_importance_weights(
                     scored.old_logprobs, rollout.engine_logprobs, config.tis_cap, rollout.response_mask)
+                advantages = advantages * tis_weights
             batch = TrainBatch(rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids, rollout.response_mask,
                                scored.old_logprobs, scored.ref_logprobs, advantages, returns, scored.old_values)
             # 5. update: K epochs of minibatch steps
@@ -148,7 +150,8 @@ def _train(config: PPOConfig, dist: DistContext, device: torch.device) -> Path:
             _check_skips(guard["consecutive_skips"], config)
             # 6. log, then adapt β on this batch's KL
             metrics = _iteration_metrics(scored, kl, returns, kl_ctl.value, updates, optimizer, config,
-                                         timings=(t1 - t0, t2 - t1, t3 - t2, t4 - t0), skipped=guard["total_skips"])
+                                         timings=(t1 - t0, t2 - t1, t3 - t2, t4 - t0), skipped=guard["total_skips"],
+                                         tis_weights=tis_weights)
             if not engine.shares_weights:
                 metrics["time/weight_sync_s"] = t4 - t3
             metrics = dist.mean_metrics(metrics)  # the same numbers (and the same β) on every rank
@@ -198,7 +201,8 @@ def _check_skips(consecutive: int, config: PPOConfig) -> None:
         )
 
 
-def _iteration_metrics(scored, kl, returns, kl_coef, updates, optimizer, config, timings, skipped) -> dict[str, float]:
+def _iteration_metrics(scored, kl, returns, kl_coef, updates, optimizer, config, timings, skipped,
+                       tis_weights=None) -> dict[str, float]:
     rollout = scored.rollout
     mask = rollout.response_mask
     kl_k1 = kl.sum(1) if config.kl_estimator == "k1" else (scored.old_logprobs - scored.ref_logprobs).mul(mask).sum(1)
@@ -224,7 +228,7 @@ def _iteration_metrics(scored, kl, returns, kl_coef, updates, optimizer, config,
         "guard/skipped_updates": skipped,
     }
     if rollout.engine_logprobs is not None:
-        metrics.update(_engine_mismatch_metrics(scored, config.tis_cap))
+        metrics.update(_engine_mismatch_metrics(scored, tis_weights, config.tis_cap))
     if scored.old_values is not None and returns is not None:
         metrics["value/explained_variance"] = explained_variance(scored.old_values, returns, mask).item()
         metrics["value/mean"] = masked_mean(scored.old_values, mask).item()
@@ -232,16 +236,15 @@ def _iteration_metrics(scored, kl, returns, kl_coef, updates, optimizer, config,
     return {k: (v if math.isfinite(v) else float("nan")) for k, v in metrics.items()}
 
 
-def _engine_mismatch_metrics(scored, tis_cap: float | None) -> dict[str, float]:
+def _engine_mismatch_metrics(scored, tis_weights: torch.Tensor | None, tis_cap: float | None) -> dict[str, float]:
     """How far the rollout engine's log-probs of the sampled tokens are from the trainer's
-    (the scoring pass's old log-probs), and, with TIS on, how the correction weighs tokens."""
+    (the scoring pass's old log-probs), and, with TIS on, how the correction weighed tokens."""
     mask = scored.rollout.response_mask
     mismatch = logprob_mismatch(scored.rollout.engine_logprobs, scored.old_logprobs, mask)
     metrics = {"rollout/logprob_mismatch": mismatch["mean"].item(), "rollout/logprob_mismatch_max": mismatch["max"].item()}
-    if tis_cap is not None:
-        weights = truncated_importance_weights(scored.old_logprobs, scored.rollout.engine_logprobs, tis_cap, mask)
-        metrics["rollout/tis_weight_mean"] = masked_mean(weights, mask).item()
-        metrics["rollout/tis_capped_frac"] = masked_mean((weights >= tis_cap).float(), mask).item()
+    if tis_weights is not None:
+        metrics["rollout/tis_weight_mean"] = masked_mean(tis_weights, mask).item()
+        metrics["rollout/tis_capped_frac"] = masked_mean((tis_weights >= tis_cap).float(), mask).item()
     return metrics
 
 

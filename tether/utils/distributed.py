@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from tether.errors import ConfigError
+from tether.models.forward import decoder_blocks
 from tether.utils.checkpoint import Checkpointer
 
 
@@ -147,12 +148,6 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, ctx: DistContext, shift_mean: bo
 # ---- wrapping the trained roles --------------------------------------------------------------
 
 
-def _decoder_layers(module: torch.nn.Module) -> list[torch.nn.Module]:
-    """The transformer blocks (the largest ModuleList), each its own FSDP2 unit."""
-    lists = [m for m in module.modules() if isinstance(m, torch.nn.ModuleList)]
-    return list(max(lists, key=lambda l: sum(p.numel() for p in l.parameters()))) if lists else []
-
-
 def wrap_trained(module: torch.nn.Module, ctx: DistContext, device: torch.device) -> torch.nn.Module:
     """DDP or FSDP2 around a trained role's forward module (see ``tether.train.roles``), or the
     module itself with one process. FSDP2 shards every decoder block, then the rest (embeddings,
@@ -165,7 +160,7 @@ def wrap_trained(module: torch.nn.Module, ctx: DistContext, device: torch.device
         from torch.distributed.fsdp import fully_shard
 
         mesh = torch.distributed.device_mesh.init_device_mesh(device.type, (ctx.world_size,))
-        for layer in _decoder_layers(module):
+        for layer in decoder_blocks(module):  # each block its own FSDP2 unit
             fully_shard(layer, mesh=mesh)
         # The root reshards after its forward too (FSDP2's default keeps the root unsharded):
         # with the root left unsharded by a no-grad scoring forward, the next training step gave
