@@ -49,13 +49,13 @@ def build(args, reward_folder: Path):
     import torch
 
     from tether.models.loading import resolve_device
-    from tether.ops.kl import FixedKLController
     from tether.rollout.generation import SamplingSettings
     from tether.rollout.prompts import PromptStream
     from tether.train.algorithms import ALGORITHMS
     from tether.train.ppo_config import PPOConfig
     from tether.train.roles import build_roles
-    from tether.train.run_dir import make_scheduler
+    from tether.train.ppo import _optimization
+    from tether.utils.host_memory import keep_freed_host_memory
     from tether.utils.seeding import seed_everything
 
     config = PPOConfig(
@@ -67,18 +67,13 @@ def build(args, reward_folder: Path):
     algorithm = ALGORITHMS[config.algorithm]
     device = resolve_device(config.device)
     seed_everything(config.seed)
+    keep_freed_host_memory()  # as train_ppo does
     roles = build_roles(config, device, algorithm.uses_critic)
     prompts = PromptStream(PROMPTS, roles.tokenizer, config.chat_template, config.max_prompt_tokens, config.seed)
     sampling = SamplingSettings(config.max_new_tokens, config.temperature, config.top_k, config.top_p,
                                 min_new_tokens=config.max_new_tokens)
-    policy_params, critic_params = roles.trainable_groups()
-    groups = [{"params": policy_params, "lr": config.learning_rate}]
-    if critic_params:
-        groups.append({"params": critic_params, "lr": config.critic_learning_rate or config.learning_rate})
-    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay, eps=config.adam_eps)
-    steps = config.ppo_epochs * config.batch_size // config.mini_batch_size
-    scheduler = make_scheduler(optimizer, config.lr_schedule, config.warmup_steps, config.total_iterations * steps)
-    kl_ctl = FixedKLController(config.kl_coef)
+    # The loop's own optimizer, schedule and controller (fused AdamW on CPU and CUDA).
+    optimizer, scheduler, kl_ctl = _optimization(config, roles, algorithm, device)
     from tether.rollout.engine import HFEngine
 
     engine = HFEngine(roles.policy, roles.tokenizer, device, config.precision, sharded=roles.actor)

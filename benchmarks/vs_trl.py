@@ -13,6 +13,9 @@ load of a shared machine hits every side alike:
     A = tether, critic separate (the same setup as TRL)
     B = TRL PPOTrainer
     C = tether, critic shared (tether's recommended setting on CPU)
+    D = TRL again, with glibc's allocator set the way tether sets it for itself
+        (tether/utils/host_memory.py, through GLIBC_TUNABLES): how much of the gap that one
+        setting is, as a control
 Reported: median seconds per iteration of each, the ratios to TRL, each child's peak RSS
 (os.wait4 rusage of that child), and tether's achieved FLOP/s as a fraction of the bf16/fp32
 matmul rate measured by this process between the children.
@@ -44,7 +47,7 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=2, help="A B C rounds (each side measured once per round)")
     p.add_argument("--warmup", type=int, default=1, help="unmeasured iterations at the start of each child")
     p.add_argument("--iterations", type=int, default=1, help="measured iterations per child")
-    p.add_argument("--sides", default="trl,tether,tether-shared", help="comma list of sides, in round order")
+    p.add_argument("--sides", default="trl,tether,tether-shared,trl-malloc", help="comma list of sides, in round order")
     p.add_argument("--json", default=None, help="write all figures to this file")
     p.add_argument("--child", choices=["tether", "tether-shared", "trl"], default=None, help=argparse.SUPPRESS)
     p.add_argument("--reward-model", default=None, help=argparse.SUPPRESS)
@@ -146,13 +149,17 @@ def child_trl(args) -> dict:
 
 def run_child(side: str, args, reward_folder: Path, workdir: Path, index: int) -> dict:
     out = workdir / f"{index:02d}-{side}.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", side, "--precision", args.precision,
+    child = "trl" if side == "trl-malloc" else side
+    env = dict(os.environ)
+    if side == "trl-malloc":  # the two mallopt settings of tether/utils/host_memory.py, from outside
+        env["GLIBC_TUNABLES"] = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", child, "--precision", args.precision,
            "--warmup", str(args.warmup), "--iterations", str(args.iterations), "--reward-model", str(reward_folder),
            "--out", str(out)]
     log(f"[{index}] {side}: {' '.join(cmd[1:])}")
     t0 = time.perf_counter()
     with open(workdir / f"{index:02d}-{side}.log", "w") as logf:
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t0

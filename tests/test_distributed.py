@@ -210,8 +210,11 @@ def test_two_ranks_first_update_equals_one_rank_with_the_same_global_batch(tmp_p
         for key, value in reference["metrics"].items():
             assert result["metrics"][key] == pytest.approx(value, rel=1e-4, abs=1e-6), (strategy, key)
         for role, state in reference["states"].items():
+            # Adam's first step moves each weight by ~lr (1e-3) times g / (|g| + eps): for gradient
+            # entries near eps, the summation-order noise of accumulating micro-batches on one rank
+            # vs all-reducing across two shows up as a few 1e-6 (measured 6e-6): 2e-5 is 2% of a step
             for k, v in state.items():
-                torch.testing.assert_close(result["states"][role][k], v, rtol=1e-4, atol=1e-6, msg=f"{strategy} {role}.{k}")
+                torch.testing.assert_close(result["states"][role][k], v, rtol=1e-4, atol=2e-5, msg=f"{strategy} {role}.{k}")
         # the update moved the weights: the comparison is not of two untouched models
     base = torch.load(tmp_path / "one.pt", weights_only=False)["states"]["policy"]
     from tether.models.loading import load_causal_lm

@@ -59,6 +59,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
     from tether.models.loading import resolve_device
     from tether.rollout.prompts import resolve_prompts
     from tether.rollout.rewards import load_function
+    from tether.utils.host_memory import keep_freed_host_memory
 
     labeler = load_labeler(config.labeler)  # fail before any model is loaded
     gold = load_function(config.gold, "gold score function")
@@ -66,6 +67,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
     eval_prompts = resolve_prompts(config.eval_prompts)[: config.eval_samples]
     out = _prepare_dir(config)
     device = resolve_device(config.device)
+    keep_freed_host_memory()  # tether/utils/host_memory.py
     timings: dict[str, float] = {}
 
     def step(name: str, started: float) -> None:

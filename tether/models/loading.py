@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from tether.errors import TetherError
+from tether.models.attention import use_size_aware_attention
 from tether.models.registry import resolve_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -74,6 +75,7 @@ def load_causal_lm(name_or_path: str | Path, device: torch.device | str = "cpu",
     except (OSError, ValueError) as exc:
         raise TetherError(f"could not load a causal LM from {path}: {exc}") from None
     disable_dropout(model)
+    use_size_aware_attention(model)  # tether/models/attention.py: faster short attention on CPU
     return model.to(device)
 
 

@@ -46,6 +46,7 @@ from tether.train.run_dir import RunDirectory, make_adamw, make_scheduler, resum
 from tether.types import TrainBatch
 from tether.utils.distributed import (DistContext, RankZeroCheckpointer, full_state_dicts, init_distributed, rank_seed,
                                       shutdown_distributed, whiten, wrap_trained)
+from tether.utils.host_memory import keep_freed_host_memory
 from tether.utils.seeding import seed_everything
 from tether.utils.signals import GracefulStop
 
@@ -53,6 +54,7 @@ from tether.utils.signals import GracefulStop
 def train_ppo(config: PPOConfig) -> Path:
     """Run the loop; returns the run directory (metrics, samples, checkpoints, final policy)."""
     preflight(config)  # every check that needs no model: fail in a second, not after loading
+    keep_freed_host_memory()  # no page faults on each step's large buffers (tether/utils/host_memory.py)
     dist, device_spec = init_distributed(config.strategy, config.device)
     try:
         check_world_size(config, dist.world_size)

@@ -43,6 +43,7 @@ from tether.utils.precision import autocast
 from tether.train.run_dir import RunDirectory, resume_checkpoint, save_pretrained_atomic
 from tether.train.sft import epoch_batches, guarded_step, make_optimizer, planned_steps, report, validate_common
 from tether.utils.checkpoint import Checkpointer
+from tether.utils.host_memory import keep_freed_host_memory
 from tether.utils.seeding import seed_everything
 from tether.utils.signals import GracefulStop
 
@@ -123,6 +124,7 @@ def start_preference_run(config) -> PreferenceRunStart:
     tokenise the pairs and print the one-line data summary."""
     device = resolve_device(config.device)
     seed_everything(config.seed)
+    keep_freed_host_memory()  # tether/utils/host_memory.py
     tokenizer = load_tokenizer(config.model)
     train_data, eval_data = load_preference_splits(config)
     resume_from = resume_checkpoint(config)

@@ -30,6 +30,7 @@ from tether.ops.masking import masked_mean
 from tether.utils.precision import autocast
 from tether.train.run_dir import RunDirectory, make_scheduler, resume_checkpoint, save_pretrained_atomic
 from tether.utils.checkpoint import Checkpointer
+from tether.utils.host_memory import keep_freed_host_memory
 from tether.utils.seeding import seed_everything
 from tether.utils.signals import GracefulStop
 
@@ -81,6 +82,7 @@ def train_sft(config: SFTConfig) -> Path:
     (``<run>/policy``, loadable with ``AutoModelForCausalLM`` and ``tether ppo policy=...``)."""
     device = resolve_device(config.device)
     seed_everything(config.seed)
+    keep_freed_host_memory()  # tether/utils/host_memory.py
     tokenizer = load_tokenizer(config.model)
     pad_id = tokenizer.pad_token_id
 
