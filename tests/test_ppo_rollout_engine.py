@@ -71,6 +71,28 @@ def test_hf_engine_is_the_generate_rollout_path(tiny_model_path):
     assert through_engine.engine_logprobs is None  # the trainer's own forward is the only log-prob
 
 
+def test_sampling_is_from_the_full_distribution_unless_truncation_is_asked_for(tiny_model_path):
+    # transformers 5 fills an unset top_k with its default of 50. An LM head with zero weights
+    # and bias -0.01 * token id gives every context the same near-flat, strictly ordered
+    # distribution over the ~81-token vocabulary (probabilities within a factor e^0.8 = 2.2):
+    # 8 x 30 draws from all of it see ~75 distinct tokens; a top-50 sampler at most 50.
+    model, tokenizer = load_causal_lm(tiny_model_path, "cpu"), load_tokenizer(tiny_model_path)
+    vocab = model.config.vocab_size
+    head = torch.nn.Linear(model.config.hidden_size, vocab, bias=True)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(-0.01 * torch.arange(vocab, dtype=torch.float32))
+    model.set_output_embeddings(head)
+    prompts = builtin_prompts("tiny")[:8]
+    ids = [tokenizer(p)["input_ids"] for p in prompts]
+    torch.manual_seed(0)
+    full = generate_rollout(model, tokenizer, prompts, ids, SamplingSettings(max_new_tokens=30, min_new_tokens=30))
+    assert len(full.response_ids[full.response_mask].unique()) > 50
+    torch.manual_seed(0)
+    top5 = generate_rollout(model, tokenizer, prompts, ids, SamplingSettings(max_new_tokens=30, top_k=5))
+    assert len(top5.response_ids[top5.response_mask].unique()) <= 5
+
+
 def test_build_rollout_from_ragged_engine_output(tiny_model_path):
     # What VLLMEngine hands to build_rollout: token lists of different lengths (a stopped row
     # ends with its EOS; a row cut by max_tokens has none) and the engine's log-prob per token.

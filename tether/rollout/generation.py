@@ -80,8 +80,10 @@ def generate_rollout(
     generation_config = GenerationConfig(
         do_sample=True,
         temperature=settings.temperature,
-        top_k=settings.top_k if settings.top_k > 0 else None,
-        top_p=settings.top_p if settings.top_p < 1.0 else None,
+        # 0 and 1.0 say "off" explicitly: transformers 5 fills an unset (None) top_k with its
+        # default of 50 (tests/test_ppo_rollout_engine.py samples a flat distribution to check)
+        top_k=settings.top_k,
+        top_p=settings.top_p,
         max_new_tokens=settings.max_new_tokens,
         min_new_tokens=settings.min_new_tokens or None,
         eos_token_id=eos_ids,
