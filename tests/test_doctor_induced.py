@@ -15,7 +15,9 @@ INDUCED = {
     "beta_10": (["kl_coef=10"], {"beta_too_high"}),
     "lr_x100": (["learning_rate=0.1"], {"approx_kl_high", "non_finite", "ratio_blowup"}),
     "value_lr_0": (["critic_learning_rate=0"], {"critic_not_learning"}),
-    "pays_for_length": (["reward_function=tether.rollout.rules:length_reward"], {"length_explosion"}),
+    # (the tiny config scores cut-off responses 0, which would undo the length hack: switched off)
+    "pays_for_length": (["reward_function=tether.rollout.rules:length_reward", "missing_eos_penalty=null"],
+                        {"length_explosion"}),
 }
 
 

@@ -61,7 +61,7 @@ def _gain(metrics):
 def test_huge_beta_keeps_the_policy_at_the_reference(tmp_path, normal_run):
     # seed 002's scenario: β very high -> outputs stay close to the reference, score barely improves.
     # (KL in the loss: its exact gradient holds the policy; in the reward the critic's noise lets
-    # it drift ~2 nats on this tiny random model, still well below the β = 0.05 run.)
+    # it drift ~2 nats on this tiny random model, still well below the β = 0.03 run.)
     held = read_metrics(train_ppo(tiny_config(tmp_path, kl_coef=10.0, kl_penalty="loss", run_name="beta-loss")))
     in_reward = read_metrics(train_ppo(tiny_config(tmp_path, kl_coef=10.0, run_name="beta-reward", total_iterations=20)))
     baseline = read_metrics(normal_run)
