@@ -10,6 +10,7 @@ import torch
 from tether.errors import TetherError
 from tether.models.attention import use_size_aware_attention
 from tether.models.registry import resolve_model
+from tether.utils.precision import frozen_linears_to
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -74,9 +75,15 @@ def load_causal_lm(name_or_path: str | Path, device: torch.device | str = "cpu",
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except (OSError, ValueError) as exc:
         raise TetherError(f"could not load a causal LM from {path}: {exc}") from None
-    disable_dropout(model)
-    use_size_aware_attention(model)  # tether/models/attention.py: faster short attention on CPU
+    prepare_loaded(model)
     return model.to(device)
+
+
+def prepare_loaded(model: torch.nn.Module) -> None:
+    """What every model tether loads gets: dropout off, and on CPU the attention kernel that is
+    fast at RLHF's sequence lengths (tether/models/attention.py)."""
+    disable_dropout(model)
+    use_size_aware_attention(model)
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
@@ -89,9 +96,11 @@ def disable_dropout(model: torch.nn.Module) -> None:
             setattr(config, key, 0.0)
 
 
-def freeze(model: torch.nn.Module) -> torch.nn.Module:
-    """A frozen role (reference, reward model): eval mode, no gradients, dropout off."""
+def freeze(model: torch.nn.Module, precision: str = "fp32") -> torch.nn.Module:
+    """A frozen role (reference, reward model): eval mode, no gradients, dropout off. With
+    ``precision="bf16"`` its linear weights are stored in bf16 once (``frozen_linears_to``):
+    only for a model whose forwards all run under ``autocast(device, "bf16")``."""
     disable_dropout(model)
     model.eval()
     model.requires_grad_(False)
-    return model
+    return frozen_linears_to(model, precision)

@@ -19,8 +19,7 @@ import torch
 
 from tether.errors import TetherError
 from tether.models.forward import SequenceInputs, decoder_blocks
-from tether.models.attention import use_size_aware_attention
-from tether.models.loading import disable_dropout, quiet_transformers
+from tether.models.loading import prepare_loaded, quiet_transformers
 from tether.models.registry import resolve_model
 
 GAIN_KEY, BIAS_KEY = "tether_score_gain", "tether_score_bias"
@@ -56,8 +55,7 @@ class ScalarHeadModel(torch.nn.Module):
                 )
         except (OSError, ValueError) as exc:
             raise TetherError(f"could not load a scalar-head model from {path}: {exc}") from None
-        disable_dropout(hf_model)
-        use_size_aware_attention(hf_model)
+        prepare_loaded(hf_model)
         model = cls(hf_model)
         head_missing = any(k.split(".")[0] in ("score", "classifier") for k in info.get("missing_keys", []))
         if fresh_head or head_missing:

@@ -19,7 +19,6 @@ from tether.models.loading import freeze, load_causal_lm, load_tokenizer
 from tether.models.lora import adapters_disabled, apply_lora, on_device
 from tether.models.scalar_head import ScalarHeadModel, ValueHead
 from tether.rollout.rewards import FunctionReward, ModelReward, RewardSource
-from tether.utils.precision import frozen_linears_to
 
 
 @dataclass
@@ -111,8 +110,7 @@ def build_roles(config, device: torch.device, uses_critic: bool) -> Roles:
         policy = apply_lora(policy, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
         reference = policy
     else:
-        reference = frozen_linears_to(freeze(load_causal_lm(config.reference or config.policy, frozen_device)),
-                                      config.precision)
+        reference = freeze(load_causal_lm(config.reference or config.policy, frozen_device), config.precision)
     if getattr(config, "gradient_checkpointing", False):
         _checkpoint_activations(policy)
     policy.train()
@@ -130,8 +128,7 @@ def build_roles(config, device: torch.device, uses_critic: bool) -> Roles:
         critic.train()
 
     if config.reward_model is not None:
-        rm = frozen_linears_to(freeze(ScalarHeadModel.from_pretrained(config.reward_model, frozen_device)),
-                               config.precision)
+        rm = freeze(ScalarHeadModel.from_pretrained(config.reward_model, frozen_device), config.precision)
         reward: RewardSource = ModelReward(
             rm, load_tokenizer(config.reward_model), tokenizer, config.forward_batch_size, config.chat_template
         )
