@@ -114,3 +114,27 @@ def test_build_rollout_from_ragged_engine_output(tiny_model_path):
     # log-probs kept on real tokens, 0 on padding (pad = EOS here: masks come from lengths)
     expected = torch.tensor([[-0.1, -0.2, -0.3, 0, 0], [-1.0, -1.1, -1.2, -1.3, -1.4], [-0.5, 0, 0, 0, 0]])
     assert torch.equal(rollout.engine_logprobs, expected)
+
+
+def test_min_new_tokens_keeps_eos_out_until_then_and_no_longer(tiny_model_path):
+    # An LM head that puts almost all mass on EOS (bias +20 against 0 elsewhere: p(EOS) > 0.999
+    # over the ~81-token vocabulary). Unconstrained, every row stops at its first token; with
+    # min_new_tokens = 5 no EOS can come before token 5, and then the very next one is EOS, so
+    # every response is 6 tokens long, the last of them EOS.
+    model, tokenizer = load_causal_lm(tiny_model_path, "cpu"), load_tokenizer(tiny_model_path)
+    eos = tokenizer.eos_token_id
+    head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[eos] = 20.0
+    model.set_output_embeddings(head)
+    prompts = builtin_prompts("tiny")[:6]
+    ids = [tokenizer(p)["input_ids"] for p in prompts]
+    torch.manual_seed(0)
+    free = generate_rollout(model, tokenizer, prompts, ids, SamplingSettings(max_new_tokens=12))
+    assert free.response_lengths.tolist() == [1] * 6
+    forced = generate_rollout(model, tokenizer, prompts, ids, SamplingSettings(max_new_tokens=12, min_new_tokens=5))
+    assert forced.response_lengths.tolist() == [6] * 6
+    assert forced.ended_with_eos.all()
+    assert (forced.response_ids[:, :5] != eos).all()
