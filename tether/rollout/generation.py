@@ -5,6 +5,10 @@ PPO"): prompts are left-padded with an attention mask (generate derives position
 sampling uses the full distribution unless top-k/top-p are asked for (HF's default top_k=50
 would make the sampling distribution differ from the one log-probs are computed under);
 each response is truncated after its first EOS and everything after it is padding.
+
+The token of each step is drawn by tether's own last logits processor (``DrawToken``, inverse
+CDF) under ``generate(do_sample=False)``, because torch.multinomial is slow on CPU for a 49k
+vocabulary; temperature, top-k and top-p are transformers' own warpers, applied before it.
 """
 
 from __future__ import annotations
