@@ -138,3 +138,45 @@ def test_min_new_tokens_keeps_eos_out_until_then_and_no_longer(tiny_model_path):
     assert forced.response_lengths.tolist() == [6] * 6
     assert forced.ended_with_eos.all()
     assert (forced.response_ids[:, :5] != eos).all()
+
+
+def test_the_models_own_generation_defaults_do_not_reshape_sampling(tiny_model_path, monkeypatch, caplog):
+    # Instruct checkpoints ship sampling defaults in generation_config.json (Qwen2.5: do_sample,
+    # temperature 0.7, top-k 20, top-p 0.8, repetition penalty 1.05). transformers fills unset
+    # fields from them; a rollout must still draw from the policy's own distribution: no
+    # repetition penalty in the processor chain, no top-k (the flat head of the test above gives
+    # > 50 distinct tokens, top-k 3 would give 3), and no warning about ignored flags.
+    import transformers.generation.logits_process as logits_process
+    from transformers.utils import logging as hf_logging
+
+    model, tokenizer = load_causal_lm(tiny_model_path, "cpu"), load_tokenizer(tiny_model_path)
+    vocab = model.config.vocab_size
+    head = torch.nn.Linear(model.config.hidden_size, vocab, bias=True)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(-0.01 * torch.arange(vocab, dtype=torch.float32))
+    model.set_output_embeddings(head)
+    for name, value in dict(do_sample=True, temperature=0.7, top_k=3, top_p=0.8, repetition_penalty=1.05,
+                            no_repeat_ngram_size=2).items():
+        setattr(model.generation_config, name, value)
+    chains = []
+    original = logits_process.LogitsProcessorList.__call__
+
+    def recording(self, input_ids, scores, **kwargs):
+        chains.append([type(p).__name__ for p in self])
+        return original(self, input_ids, scores, **kwargs)
+
+    monkeypatch.setattr(logits_process.LogitsProcessorList, "__call__", recording)
+    prompts = builtin_prompts("tiny")[:8]
+    ids = [tokenizer(p)["input_ids"] for p in prompts]
+    torch.manual_seed(0)
+    hf_logging.enable_propagation()  # transformers' logger does not reach caplog otherwise
+    try:
+        with caplog.at_level("WARNING"):
+            rollout = generate_rollout(model, tokenizer, prompts, ids,
+                                       SamplingSettings(max_new_tokens=30, min_new_tokens=30))
+    finally:
+        hf_logging.disable_propagation()
+    assert chains and all(chain == ["SuppressStopTokens", "DrawToken"] for chain in chains)
+    assert len(rollout.response_ids[rollout.response_mask].unique()) > 50
+    assert "not valid" not in caplog.text

@@ -83,9 +83,18 @@ def generate_rollout(
     eos_ids = eos_token_ids(model, tokenizer)
     prompt_ids, prompt_mask = left_pad(prompt_token_ids, pad_id, device)
     # Sampling happens in the processor chain (sampling_processors): generate's own step is
-    # then the argmax over a one-hot, so do_sample=False and no temperature/top-k/top-p here.
+    # then the argmax over a one-hot, so do_sample=False. The neutral values below are explicit
+    # because transformers fills every field left unset from the model's generation_config.json:
+    # an instruct model's shipped repetition penalty would otherwise reshape the distribution
+    # the tokens are drawn from (off-policy), and its sampling flags would draw a warning
+    # (temperature 1, top-k 50, top-p 1 are transformers' defaults: ignored without sampling).
     generation_config = GenerationConfig(
         do_sample=False,
+        temperature=1.0,
+        top_k=50,
+        top_p=1.0,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
         max_new_tokens=settings.max_new_tokens,
         eos_token_id=eos_ids,
         pad_token_id=pad_id,
