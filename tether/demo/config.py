@@ -39,10 +39,14 @@ class DemoConfig:
     micro_batch_size: int = 8
     max_new_tokens: int = 48
     temperature: float = 0.7
-    learning_rate: float = 2e-5  # measured with β 0.1: KL 8.3, gold +0.82 (docs/demo.md)
+    learning_rate: float = 2e-5  # measured with β 0.1 and the EOS penalty: KL 9.4, gold +0.94 (docs/demo.md)
     critic_learning_rate: float = 3e-5
     kl_coef: float = 0.1  # β (0.05 ends near KL 10 once sampling uses the full distribution; docs/demo.md)
     kl_target: float | None = None  # set for the adaptive controller (nats per response)
+    # a cut-off response (no EOS within max_new_tokens) scores this instead of the reward model's
+    # verdict (Huang et al. 2024, detail 23; configs/ppo-smollm2.yaml, and the doctor's advice);
+    # null: the reward model alone decides (docs/demo.md: the outcome then rides on the seed)
+    missing_eos_penalty: float | None = -1.0
     # --- 5. evaluation --------------------------------------------------------------------------
     eval_samples: int = 60  # held-out prompts
     eval_samples_per_prompt: int = 2  # responses per held-out prompt from each policy (averaged per prompt)

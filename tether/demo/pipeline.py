@@ -219,6 +219,7 @@ def train_policy(config: DemoConfig, rm_dir: Path, out: Path) -> Path:
         ppo_epochs=config.ppo_epochs, mini_batch_size=config.mini_batch_size, micro_batch_size=config.micro_batch_size,
         forward_batch_size=config.batch_size, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
         learning_rate=config.learning_rate, critic_learning_rate=config.critic_learning_rate,
-        kl_coef=config.kl_coef, kl_target=config.kl_target, seed=config.seed, device=config.device,
+        kl_coef=config.kl_coef, kl_target=config.kl_target, missing_eos_penalty=config.missing_eos_penalty,
+        seed=config.seed, device=config.device,
         precision=config.precision, output_dir=str(out), run_name="ppo", quiet=bool(config.quiet))
     return train_ppo(ppo_config)
