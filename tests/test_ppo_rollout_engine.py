@@ -71,18 +71,28 @@ def test_hf_engine_is_the_generate_rollout_path(tiny_model_path):
     assert through_engine.engine_logprobs is None  # the trainer's own forward is the only log-prob
 
 
+def _model_with_fixed_distribution(tiny_model_path, logits_of):
+    """The tiny model with an LM head of zero weights and bias ``logits_of(vocab)``: every
+    context then gets the same next-token distribution, softmax of that bias."""
+    model, tokenizer = load_causal_lm(tiny_model_path, "cpu"), load_tokenizer(tiny_model_path)
+    head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(logits_of(model.config.vocab_size))
+    model.set_output_embeddings(head)
+    return model, tokenizer
+
+
+def _flat_ordered(vocab: int) -> torch.Tensor:
+    return -0.01 * torch.arange(vocab, dtype=torch.float32)
+
+
 def test_sampling_is_from_the_full_distribution_unless_truncation_is_asked_for(tiny_model_path):
     # transformers 5 fills an unset top_k with its default of 50. An LM head with zero weights
     # and bias -0.01 * token id gives every context the same near-flat, strictly ordered
     # distribution over the ~81-token vocabulary (probabilities within a factor e^0.8 = 2.2):
     # 8 x 30 draws from all of it see ~75 distinct tokens; a top-50 sampler at most 50.
-    model, tokenizer = load_causal_lm(tiny_model_path, "cpu"), load_tokenizer(tiny_model_path)
-    vocab = model.config.vocab_size
-    head = torch.nn.Linear(model.config.hidden_size, vocab, bias=True)
-    with torch.no_grad():
-        head.weight.zero_()
-        head.bias.copy_(-0.01 * torch.arange(vocab, dtype=torch.float32))
-    model.set_output_embeddings(head)
+    model, tokenizer = _model_with_fixed_distribution(tiny_model_path, _flat_ordered)
     prompts = builtin_prompts("tiny")[:8]
     ids = [tokenizer(p)["input_ids"] for p in prompts]
     torch.manual_seed(0)
@@ -121,14 +131,9 @@ def test_min_new_tokens_keeps_eos_out_until_then_and_no_longer(tiny_model_path):
     # over the ~81-token vocabulary). Unconstrained, every row stops at its first token; with
     # min_new_tokens = 5 no EOS can come before token 5, and then the very next one is EOS, so
     # every response is 6 tokens long, the last of them EOS.
-    model, tokenizer = load_causal_lm(tiny_model_path, "cpu"), load_tokenizer(tiny_model_path)
-    eos = tokenizer.eos_token_id
-    head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
-    with torch.no_grad():
-        head.weight.zero_()
-        head.bias.zero_()
-        head.bias[eos] = 20.0
-    model.set_output_embeddings(head)
+    eos = load_tokenizer(tiny_model_path).eos_token_id
+    model, tokenizer = _model_with_fixed_distribution(
+        tiny_model_path, lambda vocab: torch.zeros(vocab).index_fill_(0, torch.tensor([eos]), 20.0))
     prompts = builtin_prompts("tiny")[:6]
     ids = [tokenizer(p)["input_ids"] for p in prompts]
     torch.manual_seed(0)
@@ -149,13 +154,7 @@ def test_the_models_own_generation_defaults_do_not_reshape_sampling(tiny_model_p
     import transformers.generation.logits_process as logits_process
     from transformers.utils import logging as hf_logging
 
-    model, tokenizer = load_causal_lm(tiny_model_path, "cpu"), load_tokenizer(tiny_model_path)
-    vocab = model.config.vocab_size
-    head = torch.nn.Linear(model.config.hidden_size, vocab, bias=True)
-    with torch.no_grad():
-        head.weight.zero_()
-        head.bias.copy_(-0.01 * torch.arange(vocab, dtype=torch.float32))
-    model.set_output_embeddings(head)
+    model, tokenizer = _model_with_fixed_distribution(tiny_model_path, _flat_ordered)
     for name, value in dict(do_sample=True, temperature=0.7, top_k=3, top_p=0.8, repetition_penalty=1.05,
                             no_repeat_ngram_size=2).items():
         setattr(model.generation_config, name, value)
