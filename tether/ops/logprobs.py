@@ -18,6 +18,16 @@ __all__ = ["token_logprobs", "entropy_from_logits"]
 DEFAULT_CHUNK = 64
 
 
+def _log_softmax_chunks(logits: torch.Tensor, chunk_size: int, temperature: float = 1.0):
+    """(start, log_softmax(logits[:, start : start + chunk_size] / temperature) in float32), one
+    chunk of positions at a time: (B, chunk, V) is the largest temporary either function holds."""
+    for start in range(0, logits.shape[1], chunk_size):
+        chunk = logits[:, start : start + chunk_size].float()
+        if temperature != 1.0:
+            chunk = chunk / temperature
+        yield start, torch.log_softmax(chunk, dim=-1)
+
+
 def token_logprobs(
     logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0, chunk_size: int = DEFAULT_CHUNK
 ) -> torch.Tensor:
@@ -30,13 +40,8 @@ def token_logprobs(
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    out = []
-    for start in range(0, logits.shape[1], chunk_size):
-        chunk = logits[:, start : start + chunk_size].float()
-        if temperature != 1.0:
-            chunk = chunk / temperature
-        log_probs = torch.log_softmax(chunk, dim=-1)
-        out.append(torch.gather(log_probs, -1, tokens[:, start : start + chunk_size, None]).squeeze(-1))
+    out = [torch.gather(log_probs, -1, tokens[:, start : start + chunk_size, None]).squeeze(-1)
+           for start, log_probs in _log_softmax_chunks(logits, chunk_size, temperature)]
     if not out:
         return logits.new_zeros(tokens.shape, dtype=torch.float32)
     return torch.cat(out, dim=1)
@@ -47,10 +52,7 @@ def entropy_from_logits(logits: torch.Tensor, chunk_size: int = DEFAULT_CHUNK) -
 
     logits: (B, T, V). Returns (B, T) float32, in nats. Chunked over T like ``token_logprobs``.
     """
-    out = []
-    for start in range(0, logits.shape[1], chunk_size):
-        log_probs = torch.log_softmax(logits[:, start : start + chunk_size].float(), dim=-1)
-        out.append(-(log_probs.exp() * log_probs).sum(-1))
+    out = [-(log_probs.exp() * log_probs).sum(-1) for _, log_probs in _log_softmax_chunks(logits, chunk_size)]
     if not out:
         return logits.new_zeros(logits.shape[:2], dtype=torch.float32)
     return torch.cat(out, dim=1)
