@@ -79,11 +79,49 @@ def test_bf16_on_a_cpu_without_support(capsys, tmp_path, monkeypatch):
     assert "precision=bf16 is not supported on cpu; use precision=fp32" in err
 
 
-def test_not_enough_disk_for_checkpoints(capsys, tmp_path, monkeypatch):
+def fake_free_disk(monkeypatch, free: int) -> None:
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr("shutil.disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
-    err = one_line_error(capsys, "ppo", *BASE, f"output_dir={tmp_path}")
-    assert "checkpoints need about" in err and "lower keep_checkpoints" in err
+    monkeypatch.setattr("shutil.disk_usage", lambda path: usage(10**12, 10**12 - free, free))
+
+
+# tiny-llama has 78,976 parameters: W = 4 bytes x 78,976 = 315,904 bytes of fp32 weights per
+# trained model. A checkpoint holds weights + two Adam moments (3W each model), the final export
+# W once more. Separate critic (the policy's copy): two trained models, 2W = 631,808.
+#   checkpoint_every=0 (only on interrupt): 1 checkpoint -> 3 * 2W * 1 + 2W = 4 * 631,808 = 2,527,232
+#   checkpoint_every=10 of 30, keep 2: 3 saves, keep + 1 = 3 at the peak -> 10 * 2W = 6,318,080
+#   checkpoint_every=10 of 30, keep 5: 3 saves only -> the same 6,318,080
+#   checkpoint_every=15 of 30, keep 5: 2 saves -> 7 * 2W = 4,422,656
+#   shared critic, checkpoint_every=0: one trained model (the value head is not counted: it is
+#   a few hundred bytes) -> 4W = 1,263,616
+@pytest.mark.parametrize("overrides, needed", [
+    ([], 2_527_232),
+    (["checkpoint_every=10"], 6_318_080),
+    (["checkpoint_every=10", "keep_checkpoints=5"], 6_318_080),
+    (["checkpoint_every=15", "keep_checkpoints=5"], 4_422_656),
+    (["critic=shared"], 1_263_616),
+])
+def test_disk_check_counts_the_checkpoints_the_run_will_hold(capsys, tmp_path, monkeypatch, overrides, needed):
+    # just too little: refused with the fix named; exactly enough: validation passes and the run
+    # reaches model loading (the tripwire)
+    fake_free_disk(monkeypatch, needed - 1)
+    err = one_line_error(capsys, "ppo", *BASE, f"output_dir={tmp_path}", *overrides)
+    assert "checkpoints need about" in err and "lower keep_checkpoints or checkpoint_every=0" in err
+    fake_free_disk(monkeypatch, needed)
+    with pytest.raises(AssertionError, match="models were loaded before the inputs were validated"):
+        main(["ppo", *BASE, f"output_dir={tmp_path}", *overrides])
+
+
+def test_disk_check_counts_fp32_bytes_of_a_bf16_checkpoint(tmp_path):
+    """tether trains fp32 master weights, so a folder stored in bf16 (half the file size) still
+    needs 4 bytes per parameter in each checkpoint."""
+    from transformers import AutoModelForCausalLM
+
+    from tether.train.ppo_config import _fp32_bytes
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_model("tiny-llama"), torch_dtype=torch.bfloat16)
+    model.save_pretrained(tmp_path / "bf16")
+    assert _fp32_bytes(tmp_path / "bf16") == 4 * 78_976
+    assert sum(f.stat().st_size for f in (tmp_path / "bf16").glob("*.safetensors")) < 2 * 78_976 + 10_000
 
 
 def test_existing_run_is_refused_unless_overwrite_or_resume(capsys, tmp_path):

@@ -3,6 +3,7 @@ reinforce-pp), which run the same loop with another row of the algorithm table."
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -247,14 +248,17 @@ def _check_tokenizer(spec: str, model_config: dict) -> None:
 
 
 def _check_disk(config: PPOConfig, folders: dict) -> None:
-    """Each checkpoint holds the trained weights and two Adam moments (3x their size)."""
+    """Refuse a run whose checkpoints cannot fit, before any model loads. A full-state
+    checkpoint holds the trained weights and two Adam moments, all fp32 (3x their fp32 size);
+    the final export adds the weights once more."""
     import shutil
     from pathlib import Path
 
-    weights = sum(f.stat().st_size for f in folders["policy"].glob("*.safetensors"))
-    critic = folders.get("critic_model") or folders.get("reward_model") or folders["policy"]
-    weights += sum(f.stat().st_size for f in critic.glob("*.safetensors"))
-    needed = 3 * weights * (config.keep_checkpoints + 1) + weights
+    trained = [folders["policy"]]
+    if config.critic == "separate":
+        trained.append(folders.get("critic_model") or folders.get("reward_model") or folders["policy"])
+    weights = sum(_fp32_bytes(folder) for folder in trained)
+    needed = 3 * weights * _checkpoints_held(config) + weights
     where = Path(config.resume if config.resume not in (None, "auto") else config.output_dir).absolute()
     while not where.exists():
         where = where.parent
@@ -262,5 +266,30 @@ def _check_disk(config: PPOConfig, folders: dict) -> None:
     if needed > free:
         raise ConfigError(
             f"checkpoints need about {needed / 2**30:.1f} GiB but {where} has {free / 2**30:.1f} GiB free; "
-            "free some space, lower keep_checkpoints, or set output_dir to a larger disk"
+            "free some space, lower keep_checkpoints or checkpoint_every=0 (only on interrupt), "
+            "or set output_dir to a larger disk"
         )
+
+
+def _checkpoints_held(config: PPOConfig) -> int:
+    """The most full-state checkpoints on disk at once. A new one is written before the oldest
+    beyond ``keep_checkpoints`` is deleted, so keep + 1 at the peak; with checkpoint_every = 0
+    only an interrupt writes one. A run saves every N iterations and at its last, at most
+    ceil(total / N) times (an interrupt ends the run, so it never adds one)."""
+    if config.checkpoint_every == 0:
+        return 1
+    saves = -(-config.total_iterations // config.checkpoint_every)
+    return min(config.keep_checkpoints + 1, saves)
+
+
+def _fp32_bytes(folder) -> int:
+    """4 bytes per parameter of the model's safetensors files, whatever dtype they are stored
+    in (tether trains fp32 master weights). Reads only the headers."""
+    from safetensors import safe_open
+
+    count = 0
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():
+                count += math.prod(f.get_slice(name).get_shape())
+    return 4 * count
