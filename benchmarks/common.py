@@ -70,13 +70,15 @@ def param_counts(causal_lm) -> tuple[int, int]:
 
 
 def iteration_flops(n_body: int, n_head: int, B: int, P: int, R: int, epochs: int, separate_critic: bool,
-                    reward_model: bool = True) -> dict[str, float]:
+                    reward_model: bool = True, shared_prefix: int = 0) -> dict[str, float]:
     """Model FLOPs of one PPO iteration as tether computes it (B rows, prompt width P,
-    response width R; all models the same size, as in these benchmarks)."""
+    response width R, a prompt prefix of K = ``shared_prefix`` tokens run once per forward
+    instead of B times; all models the same size, as in these benchmarks). Only FLOPs actually
+    computed count: the K x (B - 1) positions sharing skips are not credited."""
     L = P + R
-    body_fwd = 2 * n_body * B * L
+    body_fwd = 2 * n_body * (B * L - (B - 1) * shared_prefix)
     head_fwd = 2 * n_head * B * R
-    generate = 2 * n_body * B * L + head_fwd  # prefill + decode steps; head on one position per step
+    generate = 2 * n_body * B * L + head_fwd  # prefill + decode steps (no sharing); head on one position per step
     score = 2 * (body_fwd + head_fwd)  # policy (old log-probs) + reference
     if separate_critic:
         score += body_fwd

@@ -86,6 +86,7 @@ def build(args, reward_folder: Path):
 def one_iteration(s) -> dict:
     """train_ppo's loop body (tether/train/ppo.py), minus logging and the run directory."""
     from tether.train.algorithms import AdvantageInputs
+    from tether.models.forward import build_inputs
     from tether.train.rl_phases import run_updates, score_rollout, shape_rewards
     from tether.types import TrainBatch
 
@@ -108,10 +109,12 @@ def one_iteration(s) -> dict:
     t3 = time.perf_counter()
     c3 = time.process_time()
     lengths = rollout.response_lengths
+    shared = build_inputs(rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids, rollout.response_mask)
     return {
         "generate_s": t1 - t0, "score_s": t2 - t1, "update_s": t3 - t2, "iteration_s": t3 - t0,
         "iteration_cpu_s": c3 - c0,
         "B": len(rollout), "P": int(rollout.prompt_ids.shape[1]), "R": int(rollout.response_ids.shape[1]),
+        "K": shared.shared_prefix,
         "prompt_tokens_mean": rollout.prompt_mask.sum(1).float().mean().item(),
         "response_tokens_mean": lengths.float().mean().item(), "response_tokens_min": int(lengths.min().item()),
         "optimizer_steps": updates.steps,
@@ -180,7 +183,8 @@ def run(args) -> dict:
     measured = [r for r in rows if not r["warmup"]] or rows
     med = {k: statistics.median(r[k] for r in measured) for k in ("generate_s", "score_s", "update_s", "iteration_s")}
     last = measured[-1]
-    flops = iteration_flops(n_body, n_head, last["B"], last["P"], last["R"], args.epochs, args.critic == "separate")
+    flops = iteration_flops(n_body, n_head, last["B"], last["P"], last["R"], args.epochs, args.critic == "separate",
+                            shared_prefix=last["K"])
     achieved = {k: flops[k] / med[f"{'iteration' if k == 'total' else k}_s"] for k in flops}
     result = {
         "framework": "tether", "precision": args.precision, "critic": args.critic, "batch_size": args.batch_size,
@@ -199,7 +203,8 @@ def print_table(r: dict) -> None:
     last = [x for x in r["rows"] if not x["warmup"]][-1]
     print(f"tether PPO iteration, SmolLM2-135M, {r['precision']}, critic={r['critic']}, batch {r['batch_size']}, "
           f"micro {r['micro_batch_size']}, {r['epochs']} epochs, 1 minibatch, "
-          f"prompt width {last['P']} (mean {last['prompt_tokens_mean']:.1f} tokens), response {last['R']} tokens; "
+          f"prompt width {last['P']} (mean {last['prompt_tokens_mean']:.1f} tokens, {last['K']} shared by every row), "
+          f"response {last['R']} tokens; "
           f"median of {r['iterations']} after {r['warmup']} warm-up")
     print(f"N_body = {r['n_body'] / 1e6:.1f} M, N_head = {r['n_head'] / 1e6:.1f} M")
     print(f"{'phase':<10} {'s/iter':>8} {'GFLOP':>9} {'GFLOP/s':>9} {'of matmul':>10}")

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from tether.errors import TetherError
-from tether.models.forward import SequenceInputs, decoder_blocks
+from tether.models.forward import SequenceInputs, decoder_blocks, hidden_states_from
 from tether.models.loading import prepare_loaded, quiet_transformers
 from tether.models.registry import resolve_model
 
@@ -96,25 +96,18 @@ class ScalarHeadModel(torch.nn.Module):
         return sum(1 for p in self.parameters() if p.requires_grad)
 
     # ----- forward ------------------------------------------------------------------------------
-    def forward(self, inputs: SequenceInputs) -> torch.Tensor:
-        """Raw head output at every position: (B, L) float32."""
-        out = self.backbone(
-            input_ids=inputs.input_ids,
-            attention_mask=inputs.attention_mask,
-            position_ids=inputs.position_ids,
-            use_cache=False,
-        )
-        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-        return self.head(hidden).squeeze(-1).float()
+    def forward(self, inputs: SequenceInputs, start: int = 0) -> torch.Tensor:
+        """Raw head output at columns ``start:``: (B, L - start) float32."""
+        return self.head(hidden_states_from(self.backbone, inputs, start)).squeeze(-1).float()
 
     def response_values(self, inputs: SequenceInputs, response_width: int) -> torch.Tensor:
         """Critic use: V(s_t) for response tokens t = 0..R-1, read at column P-1+t. (B, R)."""
-        start = inputs.prompt_width - 1
-        return self.forward(inputs)[:, start : start + response_width]
+        return self.forward(inputs, inputs.prompt_width - 1)[:, :response_width]
 
     def sequence_scores(self, inputs: SequenceInputs, last_index: torch.Tensor) -> torch.Tensor:
         """Reward use: normalised score at each row's last real token. last_index: (B,) -> (B,)."""
-        raw = self.forward(inputs).gather(1, last_index[:, None]).squeeze(1)
+        start = inputs.prompt_width - 1  # the last index is never left of the last prompt token
+        raw = self.forward(inputs, start).gather(1, (last_index - start)[:, None]).squeeze(1)
         return raw * self.gain + self.bias
 
     # ----- normalisation and saving -------------------------------------------------------------
