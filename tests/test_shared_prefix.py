@@ -69,8 +69,8 @@ def test_common_prefix_length(monkeypatch, prompts, expected):
 
 
 def _batch(vocab: int, prefix: int = 12):
-    """4 rows: a common prefix of ``prefix`` tokens (3 x 12 = 36 saved positions: shared), then 2-5 tokens of their own (left-padded),
-    and responses of 6 tokens with some right padding."""
+    """4 rows: a common prefix of ``prefix`` tokens (3 x 12 = 36 saved positions: shared), then
+    2-5 tokens of their own (left-padded), and responses of 6 tokens with some right padding."""
     g = torch.Generator().manual_seed(0)
     head = torch.randint(3, vocab, (prefix,), generator=g).tolist()
     own = [torch.randint(3, vocab, (n,), generator=g).tolist() for n in (2, 5, 3, 4)]
@@ -90,7 +90,10 @@ class _EmbeddingShapes:
 
     def __init__(self, model):
         self.shapes = []
-        model.get_input_embeddings().register_forward_hook(lambda m, args, out: self.shapes.append(tuple(args[0].shape)))
+        model.get_input_embeddings().register_forward_hook(self._record)
+
+    def _record(self, module, args, output):
+        self.shapes.append(tuple(args[0].shape))
 
 
 def test_policy_logprobs_and_gradients_match_the_plain_forward(tiny_model_path):

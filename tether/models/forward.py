@@ -27,8 +27,9 @@ from tether.ops.logprobs import entropy_from_logits, token_logprobs
 
 # The prefix pass is one more call through every layer: it pays when it saves enough token
 # positions. Measured on SmolLM2, CPU, bf16, batch 8 x (36 + 48) tokens, forward + backward
-# against no sharing: K = 1 1.15x the time, K = 2-4 about even, K = 8 0.87x, K = 24 0.69x
-# (benchmarks/NOTES.md). So share K >= 8 tokens, and only where (rows - 1) x K >= 32 positions.
+# against no sharing, two runs (benchmarks/shared_prefix.py sweep; benchmarks/NOTES.md):
+# K = 1 1.15x / 0.93x the time, K = 2-4 0.87-1.03x, K = 8 0.87x / 0.83x, K = 24 0.69x / 0.70x.
+# Below 8 the sign depends on the run: share K >= 8 tokens, where (rows - 1) x K >= 32 positions.
 MIN_SHARED_PREFIX = 8
 MIN_SAVED_POSITIONS = 32
 

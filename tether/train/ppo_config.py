@@ -86,7 +86,7 @@ class PPOConfig:
     lora_alpha: float = 16.0  # LoRA scaling numerator (scale = alpha / r)
     lora_dropout: float = 0.0  # keep 0 for RL: dropout makes ρ differ from 1 on the first step
     lora_target_modules: list[str] | None = None  # module names to adapt; default: every linear layer but the LM head
-    gradient_checkpointing: bool = False  # recompute activations in backward (policy and critic): less memory, ~30% slower
+    gradient_checkpointing: bool = False  # recompute activations in backward (policy and critic): less memory, ~30% slower (and no shared prompt prefix)
     offload_frozen: bool = False  # keep reference and reward model on the CPU between their forwards (GPU only; no-op on CPU)
     rollout_engine: Literal["hf", "vllm"] = "hf"  # who samples: hf = generate() on the trained policy; vllm = vLLM, weights pushed after each update (extra tether[vllm]; one process, no LoRA; docs/scaling.md)
     tis_cap: float | None = None  # vllm only: truncated importance sampling, each token's policy loss times min(π_trainer/π_vllm, tis_cap) (Yao et al. 2025; e.g. 2); null = off
