@@ -86,19 +86,22 @@ def fake_free_disk(monkeypatch, free: int) -> None:
 
 # tiny-llama has 78,976 parameters: W = 4 bytes x 78,976 = 315,904 bytes of fp32 weights per
 # trained model. A checkpoint holds weights + two Adam moments (3W each model), the final export
-# W once more. Separate critic (the policy's copy): two trained models, 2W = 631,808.
+# W once more per model. Separate critic (the policy's copy): two trained models, 2W = 631,808.
 #   checkpoint_every=0 (only on interrupt): 1 checkpoint -> 3 * 2W * 1 + 2W = 4 * 631,808 = 2,527,232
 #   checkpoint_every=10 of 30, keep 2: 3 saves, keep + 1 = 3 at the peak -> 10 * 2W = 6,318,080
 #   checkpoint_every=10 of 30, keep 5: 3 saves only -> the same 6,318,080
 #   checkpoint_every=15 of 30, keep 5: 2 saves -> 7 * 2W = 4,422,656
 #   shared critic, checkpoint_every=0: one trained model (the value head is not counted: it is
 #   a few hundred bytes) -> 4W = 1,263,616
+#   LoRA policy (adapters not counted), separate critic: 3W in the checkpoint + 2W exported = 5W
+#   = 1,579,520
 @pytest.mark.parametrize("overrides, needed", [
     ([], 2_527_232),
     (["checkpoint_every=10"], 6_318_080),
     (["checkpoint_every=10", "keep_checkpoints=5"], 6_318_080),
     (["checkpoint_every=15", "keep_checkpoints=5"], 4_422_656),
     (["critic=shared"], 1_263_616),
+    (["lora_r=8"], 1_579_520),
 ])
 def test_disk_check_counts_the_checkpoints_the_run_will_hold(capsys, tmp_path, monkeypatch, overrides, needed):
     # just too little: refused with the fix named; exactly enough: validation passes and the run

@@ -249,16 +249,18 @@ def _check_tokenizer(spec: str, model_config: dict) -> None:
 
 def _check_disk(config: PPOConfig, folders: dict) -> None:
     """Refuse a run whose checkpoints cannot fit, before any model loads. A full-state
-    checkpoint holds the trained weights and two Adam moments, all fp32 (3x their fp32 size);
-    the final export adds the weights once more."""
+    checkpoint holds the trained weights and two Adam moments, all fp32 (3x their fp32 size;
+    a LoRA policy contributes only its adapters, a few MB); the final export adds the policy
+    and the critic once more."""
     import shutil
     from pathlib import Path
 
-    trained = [folders["policy"]]
+    policy = _fp32_bytes(folders["policy"])
+    critic = 0
     if config.critic == "separate":
-        trained.append(folders.get("critic_model") or folders.get("reward_model") or folders["policy"])
-    weights = sum(_fp32_bytes(folder) for folder in trained)
-    needed = 3 * weights * _checkpoints_held(config) + weights
+        critic = _fp32_bytes(folders.get("critic_model") or folders.get("reward_model") or folders["policy"])
+    in_checkpoint = critic + (0 if config.lora_r else policy)
+    needed = 3 * in_checkpoint * _checkpoints_held(config) + policy + critic
     where = Path(config.resume if config.resume not in (None, "auto") else config.output_dir).absolute()
     while not where.exists():
         where = where.parent
