@@ -128,8 +128,14 @@ def test_scalar_head_values_and_scores_match_the_plain_forward(tiny_model_path):
     for name, share in (("shared", True), ("plain", False)):
         inputs = build_inputs(prompt_ids, prompt_mask, response_ids, response_mask, share_prefix=share)
         last = inputs.prompt_width + response_mask.sum(1) - 1
-        outs[name] = (model.response_values(inputs, 6).detach(), model.sequence_scores(inputs, last).detach())
+        outs[name] = (model.response_values(inputs, 6).detach(), model.sequence_scores(inputs, last).detach(),
+                      model(inputs).detach(), inputs.attention_mask.bool())
     assert embedded.shapes[:2] == [(1, 12), (4, 11)]
+    # every position (the prefix's head outputs lent to every row): the same at each real token
+    (_, _, shared_all, shared_mask), (_, _, plain_all, plain_mask) = outs["shared"], outs["plain"]
+    for row in range(4):
+        torch.testing.assert_close(shared_all[row][shared_mask[row]], plain_all[row][plain_mask[row]],
+                                   atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(outs["shared"][0][response_mask.bool()], outs["plain"][0][response_mask.bool()],
                                atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(outs["shared"][1], outs["plain"][1], atol=1e-5, rtol=1e-5)
