@@ -43,16 +43,16 @@ def sweep(args) -> None:
     import torch
 
     import tether.models.forward as forward
+    from tether.data.templates import encode_prompt
     from tether.models.loading import load_causal_lm, load_tokenizer
+    from tether.rollout.generation import left_pad
     from tether.utils.precision import autocast
 
     torch.manual_seed(0)
     tokenizer, model = load_tokenizer("smollm2"), load_causal_lm("smollm2")
-    encoded = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                             tokenize=True, return_dict=True)["input_ids"] for p in PROMPTS[:8]]
-    width = max(map(len, encoded))
-    prompt_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(e)) + e for e in encoded])
-    prompt_mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded])
+    # the prompts as the PPO loop encodes them (chat template on), left-padded as rollouts are
+    prompt_ids, prompt_mask = left_pad([encode_prompt(tokenizer, p) for p in PROMPTS[:8]], tokenizer.pad_token_id, "cpu")
+    width = prompt_ids.shape[1]
     response_ids = torch.randint(0, model.config.vocab_size, (8, 48))
     response_mask = torch.ones_like(response_ids)
     full_length = forward.common_prefix_length
