@@ -68,7 +68,7 @@ def alternate(variants: dict, reps: int) -> dict[str, list[float]]:
     return times
 
 
-def setup(precision: str = "fp32"):
+def setup():
     """SmolLM2, its tokenizer, and the benchmark's 8 chat-templated prompts, left-padded."""
     import torch
 
@@ -100,29 +100,16 @@ def shapes(args) -> None:
     import torch
     import torch.nn.functional as F
 
-    def gemm_rate(m: int, k: int, n: int, dtype, seconds: float = 1.5) -> float:
-        """Best FLOP/s over ``seconds`` of repeats, as common.matmul_rate measures the reference."""
-        a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-        calls = max(1, int(2e9 / (2 * m * k * n)))
-        a @ b
-        best, end = 0.0, time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            start = time.perf_counter()
-            for _ in range(calls):
-                a @ b
-            best = max(best, 2 * m * k * n * calls / (time.perf_counter() - start))
-        return best
-
     # (M, K, N) of the step's GEMMs: rows = 8 x 60 (the rest after a 24-token shared prefix),
     # weights 576 x 1536 (MLP), 576 x 576 (q, o), 576 x 192 (k, v), the LM head on 8 x 48 rows,
     # their weight-gradient GEMMs (rows as the inner dimension), and the prefix pass (24 rows).
     cases = [(480, 576, 1536), (480, 1536, 576), (480, 576, 576), (480, 576, 192), (384, 576, 49152),
              (576, 480, 1536), (1536, 480, 576), (24, 576, 1536)]
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+    for name in ("fp32", "bf16"):
         reference = matmul_rate(name)
         print(f"{name}: 2048^3 {reference / 1e9:.1f} GFLOP/s")
         for m, k, n in cases:
-            rate = gemm_rate(m, k, n, dtype)
+            rate = matmul_rate(name, shape=(m, k, n))
             print(f"  {m:5d} x {k:4d} x {n:5d}: {rate / 1e9:6.1f} GFLOP/s = {rate / reference:.2f}")
     big = torch.randn(64 * 2**20)
     print(f"streaming read (sum of 256 MiB): {big.numel() * 4 / timed(big.sum, 5) / 1e9:.1f} GB/s")

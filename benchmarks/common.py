@@ -41,21 +41,26 @@ PROMPTS = [
 ]
 
 
-def matmul_rate(dtype_name: str, n: int = 2048, seconds: float = 1.5) -> float:
-    """FLOP/s of torch.matmul(n x n, n x n) in a loop on this machine, now (best of repeats)."""
+def matmul_rate(dtype_name: str, n: int = 2048, seconds: float = 1.5, shape: tuple[int, int, int] | None = None) -> float:
+    """FLOP/s of torch.matmul(n x n, n x n) in a loop on this machine, now (best of repeats);
+    with ``shape`` = (M, K, N), of an M x K by K x N product instead. Products under ~2 GFLOP
+    are timed several to a measurement, so the timer's resolution does not count."""
     import torch
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
-    a = torch.randn(n, n, dtype=dtype)
-    b = torch.randn(n, n, dtype=dtype)
+    m, k, n = shape or (n, n, n)
+    a = torch.randn(m, k, dtype=dtype)
+    b = torch.randn(k, n, dtype=dtype)
+    calls = max(1, int(2e9 / (2 * m * k * n)))
     torch.matmul(a, b)  # warm
     best = 0.0
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         t0 = time.perf_counter()
-        torch.matmul(a, b)
+        for _ in range(calls):
+            torch.matmul(a, b)
         dt = time.perf_counter() - t0
-        best = max(best, 2 * n**3 / dt)
+        best = max(best, 2 * m * k * n * calls / dt)
     return best
 
 
