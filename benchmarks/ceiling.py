@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PROMPTS, matmul_rate, param_counts  # noqa: E402
+from common import PROMPTS, matmul_rate, param_counts, smollm2_prompt_batch  # noqa: E402
 
 BATCH, RESPONSE = 8, 48
 
@@ -69,20 +69,12 @@ def alternate(variants: dict, reps: int) -> dict[str, list[float]]:
 
 
 def setup():
-    """SmolLM2, its tokenizer, and the benchmark's 8 chat-templated prompts, left-padded."""
-    import torch
-
-    from tether.data.templates import encode_prompt
-    from tether.models.loading import load_causal_lm, load_tokenizer
-    from tether.rollout.generation import left_pad
+    """The benchmark's SmolLM2 prompt batch (common.smollm2_prompt_batch), with the allocator
+    setting the training entry points make."""
     from tether.utils.host_memory import keep_freed_host_memory
 
-    keep_freed_host_memory()  # as the training entry points do
-    torch.manual_seed(0)
-    tokenizer, model = load_tokenizer("smollm2"), load_causal_lm("smollm2")
-    prompt_token_ids = [encode_prompt(tokenizer, p) for p in PROMPTS[:BATCH]]
-    prompt_ids, prompt_mask = left_pad(prompt_token_ids, tokenizer.pad_token_id, "cpu")
-    return tokenizer, model, prompt_token_ids, prompt_ids, prompt_mask
+    keep_freed_host_memory()
+    return smollm2_prompt_batch(BATCH)
 
 
 def training_inputs(prompt_ids, prompt_mask, share_prefix: bool = True):
@@ -132,6 +124,7 @@ def decode(args) -> None:
     import torch.nn.functional as F
     from transformers import DynamicCache
 
+    from tether.models.forward import decoder_blocks
     from tether.rollout.generation import DrawToken, SamplingSettings, generate_rollout
 
     tokenizer, model, prompt_token_ids, prompt_ids, prompt_mask = setup()
@@ -164,7 +157,7 @@ def decode(args) -> None:
         print(f"{name:>9}: median {statistics.median(t):.2f} s  ({', '.join(f'{x:.2f}' for x in t)})")
     print(f"bare loop / generate: {statistics.median(times['bare loop']) / statistics.median(times['generate']):.3f}")
 
-    blocks = [layer for layer in model.model.layers]
+    blocks = decoder_blocks(model)
     rows = {576: torch.randn(BATCH, 576, dtype=model.dtype), 1536: torch.randn(BATCH, 1536, dtype=model.dtype)}
     separate = [lin.weight for b in blocks for lin in (b.self_attn.q_proj, b.self_attn.k_proj, b.self_attn.v_proj,
                                                        b.self_attn.o_proj, b.mlp.gate_proj, b.mlp.up_proj, b.mlp.down_proj)]

@@ -64,6 +64,23 @@ def matmul_rate(dtype_name: str, n: int = 2048, seconds: float = 1.5, shape: tup
     return best
 
 
+def smollm2_prompt_batch(rows: int = 8):
+    """SmolLM2 (torch seed 0 first), its tokenizer, and the first ``rows`` of PROMPTS encoded as
+    the PPO loop encodes them (chat template on) and left-padded as rollouts are:
+    (tokenizer, model, prompt_token_ids, prompt_ids (rows, P), prompt_mask (rows, P))."""
+    import torch
+
+    from tether.data.templates import encode_prompt
+    from tether.models.loading import load_causal_lm, load_tokenizer
+    from tether.rollout.generation import left_pad
+
+    torch.manual_seed(0)
+    tokenizer, model = load_tokenizer("smollm2"), load_causal_lm("smollm2")
+    prompt_token_ids = [encode_prompt(tokenizer, p) for p in PROMPTS[:rows]]
+    prompt_ids, prompt_mask = left_pad(prompt_token_ids, tokenizer.pad_token_id, "cpu")
+    return tokenizer, model, prompt_token_ids, prompt_ids, prompt_mask
+
+
 def param_counts(causal_lm) -> tuple[int, int]:
     """(N_body, N_head) of a Hugging Face causal LM (see the module docstring)."""
     head = causal_lm.get_output_embeddings()

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PROMPTS, make_reward_model  # noqa: E402
+from common import make_reward_model, smollm2_prompt_batch  # noqa: E402
 
 NEVER = 10**9  # a MIN_SHARED_PREFIX no prompt reaches: sharing off
 
@@ -43,15 +43,9 @@ def sweep(args) -> None:
     import torch
 
     import tether.models.forward as forward
-    from tether.data.templates import encode_prompt
-    from tether.models.loading import load_causal_lm, load_tokenizer
-    from tether.rollout.generation import left_pad
     from tether.utils.precision import autocast
 
-    torch.manual_seed(0)
-    tokenizer, model = load_tokenizer("smollm2"), load_causal_lm("smollm2")
-    # the prompts as the PPO loop encodes them (chat template on), left-padded as rollouts are
-    prompt_ids, prompt_mask = left_pad([encode_prompt(tokenizer, p) for p in PROMPTS[:8]], tokenizer.pad_token_id, "cpu")
+    _, model, _, prompt_ids, prompt_mask = smollm2_prompt_batch(8)
     width = prompt_ids.shape[1]
     response_ids = torch.randint(0, model.config.vocab_size, (8, 48))
     response_mask = torch.ones_like(response_ids)

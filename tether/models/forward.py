@@ -7,8 +7,8 @@ entropy and values. The LM head runs on those R columns only, never on the promp
 SmolLM2 the head is 576 x 49,152: skipping prompt positions saves most of its cost).
 
 Shared prompt prefix: prompts wrapped in a chat template all begin with the same tokens (SmolLM2's
-system prompt and user header are 24 of a ~35-token prompt), and GRPO/RLOO groups repeat whole
-prompts. When every row of a batch begins with the same K tokens, ``build_inputs`` puts them in
+system prompt and user header are 24 of a ~35-token prompt), and a batch that is one GRPO/RLOO
+group repeats one whole prompt. When every row of a batch begins with the same K tokens, ``build_inputs`` puts them in
 columns [0, K) of every row (the rest of each prompt stays left-padded after them), and the
 decoder runs those K columns once, as a batch of one, and lends their keys and values to every
 row. Exact: the same attention over the same keys, and autograd sums the B rows' gradients into
