@@ -17,7 +17,7 @@ from tether.demo.gold import gold_labeler, gold_score
 from tether.errors import ConfigError
 
 # on top of --quick: the smallest sizes that still run every phase
-TINY = ["pairs=8", "eval_samples=6", "ppo_iterations=2", "ppo_epochs=1", "bootstrap=200", "sample_batch_size=16"]
+TINY = ["label_prompts=4", "eval_samples=6", "ppo_iterations=2", "ppo_epochs=1", "bootstrap=200", "sample_batch_size=16"]
 
 
 def run_quick(out: Path, *extra: str, options: tuple[str, ...] = ()) -> int:
@@ -71,8 +71,8 @@ def test_per_prompt_means_average_each_prompts_responses():
 
 def test_config_errors_are_one_line(tmp_path):
     path = tmp_path / "demo.yaml"
-    path.write_text("pairs: 2\n")
-    with pytest.raises(ConfigError, match="pairs"):
+    path.write_text("label_prompts: 2\n")
+    with pytest.raises(ConfigError, match="label_prompts"):
         load_config(DemoConfig, path)
     with pytest.raises(ConfigError, match="module:function"):
         load_config(DemoConfig, None, ["labeler=nocolon"])
@@ -82,7 +82,7 @@ def test_config_errors_are_one_line(tmp_path):
 
 def test_bad_labeler_fails_before_any_model_loads(tmp_path, capsys):
     assert run_quick(tmp_path / "bad", options=("--labeler", "tether.demo.gold:no_such_function")) == 2
-    assert "no attribute 'no_such_function'" in capsys.readouterr().err
+    assert "has no function 'no_such_function'" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
 
 
@@ -120,14 +120,15 @@ def test_quick_demo_report_has_the_evaluation_first_and_png_plots(quick_run):
 
 
 def test_another_labeler_from_the_command_line(tmp_path, capsys):
-    """Also: more pairs than training prompts cycles the prompts (8 pairs from 3 prompts)."""
+    """Also: more label prompts than training prompts cycles them (4 from 3 prompts, 3 responses
+    each under --quick: 3 pair tasks per prompt, 12 in all)."""
     out = tmp_path / "longer"
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ("Name a fruit.", "Say hi.", "Count to 3.")))
     assert run_quick(out, "ppo_iterations=1", f"prompts={prompts}",
                      options=("--labeler", "tether.labeling.simulated:prefer_longer")) == 0
     tasks = [json.loads(line) for line in (out / "tasks.jsonl").read_text().splitlines()]
-    assert len(tasks) == 8 and sorted({t["prompt"] for t in tasks}) == ["Count to 3.", "Name a fruit.", "Say hi."]
+    assert len(tasks) == 12 and sorted({t["prompt"] for t in tasks}) == ["Count to 3.", "Name a fruit.", "Say hi."]
     rows = [json.loads(line) for line in (out / "preferences.jsonl").read_text().splitlines()]
     assert all(r["labeler"] == "sim-prefer-longer" for r in rows)
     assert all(len(r["chosen"]) >= len(r["rejected"]) for r in rows)

@@ -14,7 +14,7 @@ from tether.cli import main
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
-TINY = ["pairs=8", "eval_samples=6", "ppo_iterations=2", "ppo_epochs=1", "bootstrap=200", "sample_batch_size=16"]
+TINY = ["label_prompts=4", "eval_samples=6", "ppo_iterations=2", "ppo_epochs=1", "bootstrap=200", "sample_batch_size=16"]
 
 pytestmark = [
     pytest.mark.browser,
@@ -35,7 +35,7 @@ def test_demo_report_renders_in_chromium(tmp_path):
             failed: list[str] = []
             page.on("requestfailed", lambda request: failed.append(request.url))
             page.goto(html.as_uri(), wait_until="load")
-            images = page.eval_on_selector_all("img", "imgs => imgs.map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])")
+            images = page.eval_on_selector_all("img", "imgs => imgs.map(i => [i.getAttribute('data-file'), i.complete, i.naturalWidth])")
             headings = page.eval_on_selector_all("h2", "hs => hs.map(h => h.textContent)")
             page.screenshot(path=str(out / "report.png"), full_page=True)
         finally:

@@ -76,9 +76,23 @@ def two_rank_runs(tmp_path_factory):
     runs = {}
     for strategy in ("ddp", "fsdp2"):
         torchrun(2, "-m", "tether.cli", "ppo", *TINY, f"output_dir={out}", f"run_name={strategy}", f"strategy={strategy}",
-                 "checkpoint_every=1")
+                 "checkpoint_every=1", f"kl_target={KL_TARGET}", f"kl_horizon={KL_HORIZON}")
         runs[strategy] = out / strategy
     return runs
+
+
+KL_TARGET, KL_HORIZON = 1.0, 8  # adaptive β in the two-rank runs, with a horizon short enough to see one step
+
+
+def test_adaptive_beta_counts_the_samples_of_all_ranks(two_rank_runs):
+    # Iteration 1 measures KL 0 exactly (π_old = π_ref before any update), so Ziegler's error
+    # clip(0/1 - 1, ±0.2) = -0.2 and β(2) = 0.03 · (1 - 0.2 · n/8) with n the samples behind the
+    # KL, which is averaged over both ranks: the global batch's 4 -> 0.027 (a rank's own 2 -> 0.0285)
+    for run in two_rank_runs.values():
+        first, second = read_rows(run)
+        assert first["objective/kl_k1"] == pytest.approx(0.0, abs=1e-6)
+        assert first["objective/kl_coef"] == pytest.approx(0.03)
+        assert second["objective/kl_coef"] == pytest.approx(0.027)
 
 
 def test_torchrun_two_ranks_completes_and_only_rank_zero_writes(two_rank_runs):

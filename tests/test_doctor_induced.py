@@ -1,5 +1,5 @@
 """The doctor on real runs of the tiny model with a failure induced on purpose: it names the
-right failure in each, and nothing alarming on the default config (issue 7)."""
+right failure in each, and nothing alarming on the default config."""
 
 import pytest
 
@@ -13,7 +13,9 @@ pytestmark = pytest.mark.slow
 INDUCED = {
     "default": ([], set()),
     "beta_10": (["kl_coef=10"], {"beta_too_high"}),
-    "lr_x100": (["learning_rate=0.1"], {"approx_kl_high", "non_finite", "ratio_blowup"}),
+    # a step far outside the trust region shows in all three update-size rules from the first
+    # update on (approx_kl ≈ 1.9 nats/token, clipfrac ≈ 0.4, ρ up to ≈ 11 at iteration 1)
+    "lr_x100": (["learning_rate=0.1"], {"approx_kl_high", "clipfrac_high", "ratio_blowup"}),
     "value_lr_0": (["critic_learning_rate=0"], {"critic_not_learning"}),
     # (the tiny config scores cut-off responses 0, which would undo the length hack: switched off)
     "pays_for_length": (["reward_function=tether.rollout.rules:length_reward", "missing_eos_penalty=null"],
@@ -31,4 +33,7 @@ def test_doctor_names_the_induced_failure(tmp_path, name):
     if not expected:
         assert not [f for f in findings if f.severity in ("warning", "critical")], findings
     else:
-        assert rules & expected, (name, rules)
+        assert expected <= rules, (name, rules)  # every rule the failure is named by fires
+    if name == "lr_x100":
+        first_flagged = {f.rule: f.iterations[0] for f in findings}
+        assert all(first_flagged[rule] == 1 for rule in expected), first_flagged

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
+
+import pytest
 
 from tether.cli import main
 from tether.diagnostics import DEFAULT_THRESHOLDS, RULES, LiveDoctor, diagnose_run
@@ -93,3 +96,37 @@ def test_docs_list_every_rule_and_threshold():
         value = getattr(DEFAULT_THRESHOLDS, f.name)
         assert f"`{f.name}`" in text, f"docs/doctor.md does not list threshold {f.name}"
         assert f"`{f.name}` | {value:g} |" in text, f"docs/doctor.md gives a different value for {f.name}"
+
+
+def _train_tiny(tmp_path, name, *overrides):
+    from tether.config import load_config
+    from tether.train.ppo import train_ppo
+    from tether.train.ppo_config import PPOConfig
+
+    config = load_config(PPOConfig, str(ROOT / "configs" / "ppo-tiny.yaml"),
+                         [f"output_dir={tmp_path}", "quiet=true", f"run_name={name}", *overrides])
+    return train_ppo(config)
+
+
+@pytest.mark.slow
+def test_tether_doctor_names_every_warning_the_training_loop_showed(tmp_path, capsys):
+    # on the shipped config the live doctor warns early (responses without EOS at the start, the
+    # critic warming up) and both clear by the end: `tether doctor` must still account for them
+    run = _train_tiny(tmp_path, "tiny")
+    shown = re.findall(r"doctor \((\w+)\): (.+?); see `tether doctor", capsys.readouterr().err)
+    assert shown, "the live doctor said nothing: pick a run where it warns"
+    assert main(["doctor", str(run)]) == 0
+    out = capsys.readouterr().out
+    for severity, title in shown:
+        assert title in out, (title, out)
+
+
+@pytest.mark.slow
+def test_ppo_tiny_with_a_huge_learning_rate_is_named_unstable(tmp_path):
+    # learning_rate=0.3 (300x the config's): the first update leaves the trust region and the
+    # policy collapses far from π_ref. That is not "β too high: the policy is not leaving the
+    # reference", neither at the end nor live on the way (a cleared finding would show it)
+    findings = diagnose_run(_train_tiny(tmp_path, "lr", "learning_rate=0.3"))
+    rules = {f.rule for f in findings}
+    assert "beta_too_high" not in rules, [f.evidence for f in findings if f.rule == "beta_too_high"]
+    assert {"approx_kl_high", "ratio_blowup"} <= rules

@@ -222,7 +222,7 @@ def test_simulated_labeler_errors_are_clear(tmp_path):
         load_labeler("no_colon")
     with pytest.raises(TetherError, match="cannot import module 'no_such_module_xyz'"):
         load_labeler("no_such_module_xyz:f")
-    with pytest.raises(TetherError, match="has no attribute 'nope'"):
+    with pytest.raises(TetherError, match="has no function 'nope'"):
         load_labeler("tether.labeling.simulated:nope")
     with pytest.raises(DataError, match=r"labeler bad on task 't1': returned 7"):
         simulate(store, lambda prompt, responses: 7, "sim", spec="bad")
@@ -269,9 +269,10 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
 
 
 def _fake_sampler(calls):
-    def sample_responses(model, prompts, k, max_new_tokens=64, temperature=1.0, seed=0):
+    def sample_responses(model, prompts, k, max_new_tokens=64, temperature=1.0, seed=0, return_truncated=False):
         calls.append((model, list(prompts), k, max_new_tokens, temperature, seed))
-        return [[f"{p} answer {j}" for j in range(k)] for p in prompts]
+        texts = [[f"{p} answer {j}" for j in range(k)] for p in prompts]
+        return (texts, [[j == 0 for j in range(k)] for _ in prompts]) if return_truncated else texts
     return sample_responses
 
 
@@ -293,6 +294,7 @@ def test_make_tasks_with_a_stub_sampler(tmp_path, monkeypatch, capsys):
     assert calls == [("tiny-llama", ["Say hi", "Name a color"], 3, 8, 1.0, 5)]
     tasks = load_tasks(out)  # what make-tasks writes, the tasks reader accepts
     assert [t.responses for t in tasks][0] == ("Say hi answer 0", "Say hi answer 1", "Say hi answer 2")
+    assert tasks[0].truncated == (True, False, False)  # the sampler's cut-off flags reach the tasks file
 
 
 def test_make_tasks_with_the_real_sampler(tmp_path):

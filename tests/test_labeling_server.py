@@ -6,6 +6,8 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import select
+import socket
 import sqlite3
 import threading
 import time
@@ -19,7 +21,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from tether.cli import main  # noqa: E402
 from tether.labeling.export import export_jsonl  # noqa: E402
 from tether.labeling.server import create_app  # noqa: E402
-from tether.labeling.store import Store  # noqa: E402
+from tether.labeling.store import SCHEMA_VERSION, Store  # noqa: E402
 from tether.labeling.tasks import Task  # noqa: E402
 from tether.labeling.testing import start_server  # noqa: E402
 
@@ -43,9 +45,10 @@ def answer(task_id="t1", choice="a", request_id="r1", **extra):
 # -- API, in-process -----------------------------------------------------------------------
 def test_tokens_are_required(api):
     client, _ = api
-    assert client.get("/api/health").json() == {"ok": True, "schema_version": 1}
+    assert client.get("/api/health").json() == {"ok": True, "schema_version": SCHEMA_VERSION}
     anonymous = TestClient(client.app)
-    for method, path in [("GET", "/api/next"), ("GET", "/api/me"), ("POST", "/api/answers"), ("POST", "/api/undo")]:
+    for method, path in [("GET", "/api/next"), ("GET", "/api/me"), ("POST", "/api/answers"), ("POST", "/api/undo"),
+                         ("GET", "/api/openapi.json")]:
         response = anonymous.request(method, path, json=answer())
         assert response.status_code == 401 and response.json()["error"].startswith("missing token")
         assert response.headers["www-authenticate"] == "Bearer"
@@ -59,7 +62,7 @@ def test_answer_flow_retry_and_undo(api):
     assert client.get("/api/next").json()["task"]["id"] == "t1"
     first = client.post("/api/answers", json=answer(reason="shorter"))
     assert first.status_code == 201 and first.json()["progress"] == {"done": 1, "total": 2}
-    retry = client.post("/api/answers", json=answer())  # a retried request: 200, nothing new
+    retry = client.post("/api/answers", json=answer(reason="shorter"))  # a retried request: 200, nothing new
     assert retry.status_code == 200 and retry.json()["created"] is False
     assert client.post("/api/answers", json=answer(request_id="r2")).status_code == 409
     ranked = client.post("/api/answers", json=answer("t2", "rank", "r3", ranking=[2, 0, 1]))
@@ -107,6 +110,45 @@ def test_oversized_body_is_refused_before_parsing(api):
     client, _ = api
     response = client.post("/api/answers", content=b"x" * 100_000, headers={"Content-Type": "application/json"})
     assert response.status_code == 413
+    # chunked: no Content-Length to check up front, so the bytes are counted as they arrive
+    chunks = iter([b"x" * 50_000] * 2)
+    response = client.post("/api/answers", content=chunks, headers={"Content-Type": "application/json"})
+    assert response.status_code == 413 and response.json() == {"error": "request body over 65536 bytes"}
+
+
+def test_reused_request_id_with_a_different_answer_is_a_conflict(api):
+    client, store = api
+    assert client.post("/api/answers", json=answer(reason=" why ")).status_code == 201
+    assert client.post("/api/answers", json=answer(reason="why")).status_code == 200  # the same answer: a retry
+    ranked_same = answer(choice="rank", ranking=[0, 1], reason="why")  # stored as "a": still the same answer
+    assert client.post("/api/answers", json=ranked_same).status_code == 200
+    for changed in (answer(choice="b", reason="why"), answer(reason="other"), answer(choice="tie")):
+        response = client.post("/api/answers", json=changed)
+        assert response.status_code == 409, response.text
+        assert "request_id 'r1' already answered task 't1' with a different answer" in response.json()["error"]
+    assert [(a.choice, a.reason) for a in store.answer_rows()] == [("a", "why")]
+
+
+@pytest.mark.parametrize("answer_id", [2**63, -1, 0, 10**30])
+def test_undo_of_an_impossible_answer_id_is_a_client_error(api, answer_id):
+    client, _ = api
+    response = client.post("/api/undo", json={"answer_id": answer_id})
+    assert response.status_code == 422 and response.json()["error"].startswith("answer_id: Input should be")
+    assert client.post("/api/undo", json={"answer_id": 2**63 - 1}).status_code == 404  # in range, not there
+
+
+@pytest.mark.parametrize("ranking, message", [
+    ([0] * 12_000, "is not an ordering of the 3 response indices"),  # the store's error would quote the list
+    (["0"] * 6_000, "ranking.0: Input should be a valid integer"),  # one error per element
+])
+def test_a_large_invalid_body_is_not_echoed_back(api, ranking, message):
+    client, store = api
+    body = json.dumps(answer("t2", "rank", ranking=ranking))
+    assert 30_000 < len(body) < 65_536
+    response = client.post("/api/answers", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422 and message in response.json()["error"]
+    assert len(response.content) < 1_000
+    assert store.answer_rows() == []
 
 
 def test_page_and_openapi_need_no_network(api):
@@ -273,3 +315,59 @@ def test_kill_9_during_a_burst_keeps_every_acknowledged_answer(tmp_path):
     for choice, ranking in db.execute("SELECT choice, ranking FROM answers"):  # no half-written row
         assert (ranking is None) == (choice in ("tie", "skip"))
         assert ranking is None or sorted(json.loads(ranking)) == [0, 1]
+
+
+def stream_chunked(url: str, path: str, headers: dict[str, str], total: int) -> tuple[int | None, int]:
+    """POST ``total`` bytes to ``path`` as a chunked body (no Content-Length), stopping early
+    when the server answers or closes; return (the response status or None, bytes sent)."""
+    host, port = url.removeprefix("http://").split(":")
+    chunk = b"x" * (256 * 1024)
+    framed = f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
+    head = "".join(f"{k}: {v}\r\n" for k, v in {"Host": f"{host}:{port}", "Transfer-Encoding": "chunked",
+                                                 "Content-Type": "application/json", **headers}.items())
+    sent, response = 0, b""
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        try:
+            sock.sendall(f"POST {path} HTTP/1.1\r\n{head}\r\n".encode())
+            while sent < total and not select.select([sock], [], [], 0)[0]:
+                sock.sendall(framed)
+                sent += len(chunk)
+            sock.sendall(b"0\r\n\r\n")
+        except OSError:
+            pass  # the server closed the connection at the limit; its answer is in the socket
+        try:
+            while b"\r\n" not in response and (data := sock.recv(65536)):
+                response += data
+        except OSError:
+            pass
+    status = int(response.split()[1]) if response.startswith(b"HTTP/1.1 ") else None
+    return status, sent
+
+
+def peak_rss_bytes(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) * 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the server's peak RSS from /proc")
+def test_a_64_mib_chunked_body_is_refused_in_bounded_memory(tmp_path):
+    store, (token,) = seed(tmp_path, 2, 1)
+    server = start_server(store.path, tmp_path / "server.log")
+    try:
+        conn = connect(server.url)
+        assert post(conn, token, {"task_id": "t0", "choice": "a", "request_id": "warm-up"})[0] == 201
+        conn.close()
+        before = peak_rss_bytes(server.process.pid)
+        for headers, refused_with in (({}, 401), ({"Authorization": "Bearer wrong"}, 401),
+                                      ({"Authorization": f"Bearer {token}"}, 413)):
+            status, sent = stream_chunked(server.url, "/api/answers", headers, 64 * 2**20)
+            assert status == refused_with, (headers, status, sent)
+        grown = peak_rss_bytes(server.process.pid) - before
+        assert grown < 32 * 2**20, f"peak RSS grew by {grown / 2**20:.0f} MiB"
+        conn = connect(server.url)
+        assert post(conn, token, {"task_id": "t1", "choice": "b", "request_id": "after"})[0] == 201  # still serving
+        conn.close()
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log()
+    assert [a.request_id for a in store.answer_rows()] == ["warm-up", "after"]

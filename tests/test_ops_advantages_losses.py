@@ -64,6 +64,59 @@ def test_ratio_one_gives_zero_clipfrac_and_zero_approx_kl():
     assert stats["ratio_mean"].item() == 1.0
 
 
+POLICY_LOSSES = [ppo_clip_loss, policy_gradient_loss]
+
+
+@pytest.mark.parametrize("loss_fn", POLICY_LOSSES)
+def test_approx_kl_is_k3_of_kl_old_to_new_with_r_above_one(loss_fn):
+    # one token, r = π_θ/π_old = 2: k3 = (r - 1) - log r = 1 - ln 2 = 0.30685
+    # (the reversed (1/r - 1) + log r = -0.5 + ln 2 = 0.19315 is not an estimate of KL(π_old || π_θ))
+    mask = torch.ones(1, 1, dtype=torch.bool)
+    _, stats = loss_fn(torch.tensor([[math.log(2.0)]]), torch.tensor([[0.0]]), torch.tensor([[1.0]]), mask)
+    assert stats["approx_kl"].item() == pytest.approx(1.0 - math.log(2.0))  # 0.30685
+
+
+@pytest.mark.parametrize("loss_fn", POLICY_LOSSES)
+def test_approx_kl_averages_to_the_exact_kl_old_to_new(loss_fn):
+    # π_old uniform over 4 tokens, π_θ = [0.4, 0.3, 0.2, 0.1]; one sample of each token is an exact
+    # expectation under π_old, so the mean of k3 must equal KL(π_old || π_θ) (Schulman 2020):
+    #   r = q / 0.25 = [1.6, 1.2, 0.8, 0.4]
+    #   k3 = (r - 1) - ln r = [0.13000, 0.01768, 0.02314, 0.31629], mean 0.12178
+    #   KL = Σ 0.25·ln(0.25/q) = 0.25·(-0.47000 - 0.18232 + 0.22314 + 0.91629) = 0.12178
+    # (the reversed form's mean is 0.18031)
+    new = torch.tensor([[0.4, 0.3, 0.2, 0.1]]).log()
+    old = torch.full((1, 4), 0.25).log()
+    _, stats = loss_fn(new, old, torch.ones(1, 4), torch.ones(1, 4, dtype=torch.bool))
+    assert stats["approx_kl"].item() == pytest.approx(0.12178, abs=1e-5)
+
+
+@pytest.mark.parametrize("loss_fn", POLICY_LOSSES)
+def test_extreme_log_ratio_on_padding_gives_a_finite_loss(loss_fn):
+    # padding token with log ρ = 100 (old log-prob -100) and advantage 0: exp(100) overflows
+    # float32 to inf, and inf·0 = NaN would poison the whole sum. Clamped to ±20 before exp
+    # (verl's compute_policy_loss) it is e^20·0 = 0; the real token gives -ρA = -1·1.
+    logp = torch.tensor([[-1.0, 0.0]], requires_grad=True)
+    old = torch.tensor([[-1.0, -100.0]])
+    mask = torch.tensor([[1, 0]], dtype=torch.bool)
+    loss, stats = loss_fn(logp, old, torch.tensor([[1.0, 0.0]]), mask)
+    loss.backward()
+    assert loss.item() == pytest.approx(-1.0)
+    assert torch.isfinite(logp.grad).all()
+    assert all(torch.isfinite(v).all() for v in stats.values())
+
+
+@pytest.mark.parametrize("loss_fn", POLICY_LOSSES)
+def test_extreme_log_ratio_on_a_real_token_is_clamped_to_e20(loss_fn):
+    # real token, log ρ = 100, A = -1: unclipped -ρA is the larger loss in both losses, so the
+    # loss is ρ itself: e^20 = 4.8517e8 with the clamp, inf without it
+    logp = torch.tensor([[0.0]], requires_grad=True)
+    loss, stats = loss_fn(logp, torch.tensor([[-100.0]]), torch.tensor([[-1.0]]), torch.ones(1, 1, dtype=torch.bool))
+    loss.backward()
+    assert loss.item() == pytest.approx(math.exp(20.0), rel=1e-6)
+    assert stats["ratio_max"].item() == pytest.approx(math.exp(20.0), rel=1e-6)
+    assert logp.grad.item() == 0.0  # past the clamp the token gives no gradient, as a clipped one
+
+
 def test_ppo_clip_loss_masks_padding():
     # padding position has a huge advantage; it must not move the loss
     logp = torch.zeros(1, 2)

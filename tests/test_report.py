@@ -52,12 +52,28 @@ def test_report_html_shows_findings_first_then_plots_samples_config(report):
     doctor, plots, samples, config = (html.index(s) for s in ("<h2>Doctor", "<h2>Metrics", "<h2>Samples", "<h2>Config"))
     assert doctor < plots < samples < config
     assert "reward_hacking" in html and "critical" in html
-    assert 'src="report_plots/objective.png"' in html
+    assert 'data-file="report_plots/objective.png"' in html
     assert "kl_coef: 0.05" in html and "gold_win_rate" in html
     # model output is escaped, never executed
     assert "<script>" not in html and "&lt;script&gt;" in html
     # self-contained: no remote resources
     assert "http://" not in html and "https://" not in html and "<script" not in html
+
+
+def test_report_html_alone_carries_its_plots(report, tmp_path):
+    """Copied away from report_plots/, report.html still shows every plot: each <img> is a
+    data URI holding the PNG that was written beside it."""
+    import base64
+    import re
+    import shutil
+
+    copy = Path(shutil.copy(report.html, tmp_path / "copied.html"))
+    sources = re.findall(r'<img src="([^"]+)" data-file="([^"]+)"', copy.read_text())
+    assert len(sources) == len(report.plots) and len(re.findall(r"<img ", copy.read_text())) == len(sources)
+    for src, name in sources:
+        prefix = "data:image/png;base64,"
+        assert src.startswith(prefix), src[:40]
+        assert base64.b64decode(src[len(prefix):]) == (report.html.parent / name).read_bytes()
 
 
 def test_report_markdown_mirrors_the_html(report):
@@ -103,6 +119,20 @@ def test_compare_overlays_runs(tmp_path, capsys):
     assert "2 runs" in capsys.readouterr().err
     c = write_run(tmp_path / "nokl", [{"iteration": 0, "objective/score_mean": 1.0}], [])
     assert main(["compare", str(a), str(c), "--out", str(out)]) == 2
+
+
+def test_compare_shows_a_dpo_run_by_its_margin_and_accuracy(tmp_path, capsys):
+    """A DPO run has no score or KL: compare draws its rewards/margin and rewards/accuracy in
+    panels beside the online runs' score-vs-KL frontier instead of refusing."""
+    ppo = write_run(tmp_path / "ppo", healthy_metrics(30, seed=1), [])
+    dpo = write_run(tmp_path / "dpo", [{"iteration": i, "train/loss": 0.7 - 0.01 * i, "rewards/margin": 0.05 * i,
+                                        "rewards/accuracy": min(1.0, 0.5 + 0.02 * i)} for i in range(1, 31)], [])
+    out = tmp_path / "cmp.png"
+    assert main(["compare", str(ppo), str(dpo), "--out", str(out)]) == 0, capsys.readouterr().err
+    width, height = png_size(out)
+    assert width > 3 * height  # the frontier and the two preference panels side by side
+    assert main(["compare", str(dpo), "--out", str(tmp_path / "dpo.png")]) == 0
+    assert png_size(tmp_path / "dpo.png")[0] > png_size(tmp_path / "dpo.png")[1]
 
 
 def test_smoothing_is_centred():

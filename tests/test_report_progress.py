@@ -56,12 +56,23 @@ def test_live_mode_renders_a_bar_with_fields_and_warnings():
 
 
 def test_bar_closes_when_the_phase_raises():
+    # quiet: no line is due during the phase (every=10), so the one line is close()'s last line,
+    # at the step the phase died on; the error itself propagates
     out = io.StringIO()
-    with pytest.raises(RuntimeError):
-        with phase_progress("PPO", total=4, quiet=True, every=1, stream=out) as bar:
-            bar.advance(1)
+    with pytest.raises(RuntimeError, match="boom"):
+        with phase_progress("PPO", total=4, quiet=True, every=10, stream=out) as bar:
+            bar.advance(3, score=0.5)
             raise RuntimeError("boom")
-    assert out.getvalue().splitlines() == [out.getvalue().splitlines()[0]]  # nothing printed twice
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("[PPO] 3/4 (75%) score=0.5 |")
+    # live: a rich bar on a non-terminal renders only when it is stopped, so the rendered 3/4 shows
+    # that close() stopped it (a bar left running would keep its refresh thread and the console)
+    out = io.StringIO()
+    with pytest.raises(RuntimeError, match="boom"):
+        with phase_progress("PPO", total=4, quiet=False, stream=out) as bar:
+            bar.advance(3, score=0.5)
+            raise RuntimeError("boom")
+    assert "PPO" in out.getvalue() and "3/4" in out.getvalue()
 
 
 def test_format_fields():

@@ -93,21 +93,28 @@ def test_wandb_sink_is_offline_by_default(monkeypatch, tmp_path):
     assert rec.names()[-1] == "finish"
 
 
-def test_mlflow_sink_uses_a_local_file_store(monkeypatch, tmp_path):
+def test_mlflow_sink_uses_a_sqlite_store_in_the_run_dir(monkeypatch, tmp_path):
+    """MLflow 3 refuses a plain file store (``file:`` URI) unless told to allow it: the default
+    is a SQLite database in the run directory, with the experiment's artifacts beside it."""
     rec = Recorder()
     fake = types.ModuleType("mlflow")
-    for name in ("set_tracking_uri", "set_experiment", "start_run", "log_params", "log_metrics", "end_run"):
+    for name in ("set_tracking_uri", "create_experiment", "set_experiment", "start_run", "log_params",
+                 "log_metrics", "end_run"):
         setattr(fake, name, rec.record(name))
+    fake.get_experiment_by_name = lambda name: rec.calls.append(("get_experiment_by_name", (name,), {}))
     monkeypatch.setitem(sys.modules, "mlflow", fake)
     (sink,) = make_sinks(["mlflow"], tmp_path, {**CONFIG, "prompt": "x" * 1000})
     assert isinstance(sink, MlflowSink)
     sink.log(2, {"losses/value_loss": 0.5})
     sink.close()
-    assert rec.find("set_tracking_uri")[0][1][0] == (tmp_path / "mlruns").resolve().as_uri()
+    assert rec.find("set_tracking_uri")[0][1][0] == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert rec.find("create_experiment")[0][1:] == (
+        ("tether",), {"artifact_location": (tmp_path.resolve() / "mlartifacts").as_uri()})
     params = rec.find("log_params")[0][1][0]
     assert params["model.dtype"] == "bf16" and len(params["prompt"]) == MlflowSink.MAX_PARAM_CHARS
     assert rec.find("log_metrics")[0][1:] == (({"losses/value_loss": 0.5},), {"step": 2})
-    assert rec.names() == ["set_tracking_uri", "set_experiment", "start_run", "log_params", "log_metrics", "end_run"]
+    assert rec.names() == ["set_tracking_uri", "get_experiment_by_name", "create_experiment", "set_experiment",
+                           "start_run", "log_params", "log_metrics", "end_run"]
 
 
 def test_a_failing_second_sink_closes_the_first(monkeypatch, tmp_path):
@@ -141,3 +148,80 @@ def test_run_logger_fans_out_to_optional_sinks(tmp_path):
     assert extra.closed
     assert read_jsonl(tmp_path / "metrics.jsonl") == [{"iteration": 0, "objective/score_mean": None, "objective/kl_k3": 1e308}]
     assert isinstance(logger.metrics, JsonlSink)
+
+
+# -- sink options as config fields, checked when the config is parsed ----------------------
+CONFIGS = [("tether.train.ppo_config", "PPOConfig", {"reward_function": "tether.rollout.rules:vowel_fraction"}), ("tether.train.sft", "SFTConfig", {"data": "d.jsonl"}),
+           ("tether.train.reward_model", "RewardModelConfig", {"data": "d.jsonl"}),
+           ("tether.train.dpo", "DPOConfig", {"data": "d.jsonl"})]
+
+
+@pytest.mark.parametrize("module, cls, required", CONFIGS)
+def test_every_training_config_takes_the_sink_options(monkeypatch, module, cls, required):
+    """Each key the sinks read is a config field, and a single name (or "a,b") is a list."""
+    import importlib
+
+    from tether.config import load_config
+
+    for package in ("tensorboard", "wandb"):
+        monkeypatch.setitem(sys.modules, package, types.ModuleType(package))
+    config_cls = getattr(importlib.import_module(module), cls)
+    overrides = [f"{k}={v}" for k, v in required.items()] + [
+        "metric_sinks=tensorboard", "wandb_mode=online", "wandb_project=p", "wandb_entity=team",
+        "tensorboard_dir=/tmp/tb", "mlflow_tracking_uri=http://localhost:5000", "mlflow_experiment=e"]
+    config = load_config(config_cls, None, overrides)
+    assert config.metric_sinks == ["tensorboard"]
+    assert (config.wandb_mode, config.wandb_project, config.wandb_entity, config.tensorboard_dir,
+            config.mlflow_tracking_uri, config.mlflow_experiment) == (
+        "online", "p", "team", "/tmp/tb", "http://localhost:5000", "e")
+    assert load_config(config_cls, None, [*overrides[:len(required)], "metric_sinks=TensorBoard,wandb,jsonl"]
+                       ).metric_sinks == ["tensorboard", "wandb"]
+
+
+@pytest.mark.parametrize("sinks, message", [
+    ("[neptune]", "unknown metric sink 'neptune': choose from jsonl, tensorboard, wandb, mlflow"),
+    ("mlflow", "metric sink 'mlflow' needs the 'mlflow' package: pip install 'tether[mlflow]'"),
+])
+def test_bad_sink_is_one_line_before_the_run_directory_exists(monkeypatch, capsys, tmp_path, sinks, message):
+    from tether.cli import main
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # not installed
+    code = main(["ppo", "--config", "configs/ppo-tiny.yaml", f"output_dir={tmp_path}", "run_name=r",
+                 f"metric_sinks={sinks}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_sink_that_fails_to_start_is_one_line(monkeypatch, tmp_path):
+    """What the tracking library raises (a refused store, an unreachable server) is one line
+    naming the sink, not a traceback."""
+    fake = types.ModuleType("mlflow")
+    fake.set_tracking_uri = lambda uri: None
+
+    def refuse(name):
+        raise RuntimeError("The filesystem tracking backend is in maintenance mode.\nSee the docs.")
+
+    fake.get_experiment_by_name = fake.set_experiment = refuse
+    monkeypatch.setitem(sys.modules, "mlflow", fake)
+    with pytest.raises(TetherError, match=r"^the mlflow metric sink failed to start: RuntimeError: The filesystem "
+                                          r"tracking backend is in maintenance mode\.$"):
+        make_sinks(["mlflow"], tmp_path, {"mlflow_tracking_uri": "file:///x"})
+
+
+def test_real_mlflow_reads_back_what_the_sink_wrote(tmp_path):
+    """With MLflow installed (an optional extra; skipped without it): the default store opens
+    on current MLflow, and its client reads back the parameters and every step."""
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    (sink,) = make_sinks("mlflow", tmp_path, {"run_name": "r1", "kl_coef": 0.05})
+    sink.log(1, {"objective/score_mean": 0.5})
+    sink.log(2, {"objective/score_mean": 0.75})
+    sink.close()
+    client = MlflowClient(f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tether")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.data.params == {"run_name": "r1", "kl_coef": "0.05"} and run.info.run_name == "r1"
+    history = client.get_metric_history(run.info.run_id, "objective/score_mean")
+    assert [(m.step, m.value) for m in history] == [(1, 0.5), (2, 0.75)]

@@ -75,11 +75,13 @@ def assert_same_run(a: Path, b: Path) -> None:
 def test_interrupted_and_resumed_run_equals_the_straight_run(tmp_path, capsys, algorithm, stop_at, extra):
     common = [*SMALL, f"output_dir={tmp_path}", "total_iterations=6", *extra]
     assert main([algorithm, *common, "run_name=straight"]) == 0
+    capsys.readouterr()
 
     SignalAt.at, SignalAt.calls = stop_at, 0
-    assert main([algorithm, *common, "run_name=stopped", "reward_function=tests.test_resume:sigint_at"]) == 0
-    err = capsys.readouterr().err
-    assert f"tether ppo --resume {tmp_path / 'stopped'}" in err
+    stopped = main([algorithm, *common, "run_name=stopped", "reward_function=tests.test_resume:sigint_at"])
+    out, err = capsys.readouterr()
+    assert stopped == 128 + signal.SIGINT and "run written" not in out  # a partial run is no finished one
+    assert "the run is partial" in err and f"tether ppo --resume {tmp_path / 'stopped'}" in err
     assert len(metrics(tmp_path / "stopped")) == stop_at and not (tmp_path / "stopped" / "policy").exists()
     assert find_latest(tmp_path / "stopped").name == f"iter-{stop_at:06d}"
 
@@ -113,14 +115,15 @@ def _wait_for(predicate, proc, timeout=60.0):
         time.sleep(0.05)
 
 
-def test_sigterm_finishes_the_iteration_checkpoints_and_exits_0(tmp_path):
+def test_sigterm_finishes_the_iteration_checkpoints_and_exits_128_plus_15(tmp_path):
     proc = _start(tmp_path, "total_iterations=50")
     metrics_file = tmp_path / "sub" / "metrics.jsonl"
     _wait_for(lambda: metrics_file.exists() and metrics_file.read_text().count("\n") >= 1, proc)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err[-2000:]
-    assert "SIGTERM" in err and f"tether ppo --resume {tmp_path / 'sub'}" in err
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "run written" not in out and "stopped by SIGTERM: the run is partial" in err
+    assert f"tether ppo --resume {tmp_path / 'sub'}" in err
     done = len(metrics(tmp_path / "sub"))
     assert find_latest(tmp_path / "sub").name == f"iter-{done:06d}"
 

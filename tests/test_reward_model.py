@@ -127,7 +127,7 @@ def test_learns_a_hidden_rule_to_90_percent_held_out(trained):
 def test_normalised_reference_scores_have_mean_0_std_1(trained):
     # a fresh load (as tether ppo does) scores normalised: the gain and bias live in config.json
     model = ScalarHeadModel.from_pretrained(trained["path"])
-    assert model.gain != 1.0 and model.bias != 0.0
+    assert model.gain == 1.0 and model.bias != 0.0  # the gain is folded into the head's weight
     pairs = load_preferences(trained["train"]).pairs
     reference = list({(p.prompt, p.chosen) for p in pairs})  # every distinct chosen response (< 1000)
     raw = raw_scores(model, load_tokenizer(trained["path"]), [p for p, _ in reference], [c for _, c in reference])
@@ -146,6 +146,30 @@ def test_saved_model_loads_as_sequence_classification(trained):
     # the critic can start from these weights: a scalar-head load keeps the trained head
     critic = ScalarHeadModel.from_pretrained(trained["path"])
     assert torch.equal(critic.head.weight, hf.score.weight)
+
+
+def test_plain_transformers_load_gives_tethers_normalised_scores(trained):
+    """AutoModelForSequenceClassification + AutoTokenizer on the saved folder, with no tether
+    code, score 20 held-out pairs as tether does: the gain is folded into the head, and the
+    saved pad token is not EOS, so transformers reads the score at EOS. A Llama head has no
+    bias parameter (and an RMSNorm before it), so the normalisation bias is the one constant a
+    plain load adds from the config."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    hf = AutoModelForSequenceClassification.from_pretrained(trained["path"]).eval()
+    tok = AutoTokenizer.from_pretrained(trained["path"])
+    assert tok.pad_token_id != tok.eos_token_id and hf.config.pad_token_id == tok.pad_token_id
+    pairs = load_preferences(trained["eval"]).pairs[:20]
+    texts = [tok.apply_chat_template([{"role": "user", "content": p.prompt}], add_generation_prompt=True,
+                                     tokenize=False) + response + tok.eos_token
+             for p in pairs for response in (p.chosen, p.rejected)]
+    batch = tok(texts, padding=True, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        plain = hf(**batch).logits[:, 0] + hf.config.tether_score_bias
+    tether = evaluate_reward_model(trained["path"], trained["eval"])
+    expected = torch.stack([tether.chosen[:20], tether.rejected[:20]], 1).flatten()
+    assert torch.allclose(plain, expected, atol=1e-5), (plain - expected).abs().max()
+    assert expected.std() > 0.3  # normalised scale, not a near-constant
 
 
 def test_eval_rm_cli_reports_accuracy_histogram_and_calibration(trained, tmp_path, capsys):
@@ -235,6 +259,59 @@ def test_fresh_head_is_drawn_with_std_one_over_sqrt_d_plus_1():
     assert model.head.weight.std().item() == pytest.approx(1 / math.sqrt(d + 1), abs=0.04)
 
 
+def tiny_gpt2(folder):
+    """A one-block GPT-2 on the tiny tokenizer: its head reads a LayerNorm that has a bias."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokenizer = load_tokenizer("tiny-llama")
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2, n_positions=128,
+                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_exported_reward_model_scores_as_before_in_tether_and_in_plain_transformers(arch, tmp_path):
+    """A reward model saved with its gain and bias only in the config (pad == EOS) and the
+    same model exported (normalisation folded into the weights, a pad that is not EOS) load
+    in tether to the same normalised scores. A plain transformers load of the export gives
+    them too: exactly where the bias folds (GPT-2: into the final LayerNorm's bias), and up to
+    the config's ``tether_score_bias`` for Llama (bias-free head after an RMSNorm)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tether.models.scalar_head import export_reward_model
+
+    base = "tiny-llama" if arch == "llama" else tiny_gpt2(tmp_path / "gpt2")
+    model = ScalarHeadModel.from_pretrained(base, fresh_head=True).eval()
+    model.set_normalization(2.5, -0.7)
+    tokenizer = load_tokenizer(base)
+    prompts, responses = [f"Q{i}:" for i in range(6)], [f"answer {i}" * (1 + i % 3) for i in range(6)]
+
+    def tether_scores(path):
+        loaded = ScalarHeadModel.from_pretrained(path)
+        return raw_scores(loaded, load_tokenizer(path), prompts, responses) * loaded.gain + loaded.bias
+
+    model.save_pretrained(tmp_path / "old")
+    tokenizer.save_pretrained(tmp_path / "old")
+    export_reward_model(model, tokenizer)
+    model.save_pretrained(tmp_path / "new")
+    tokenizer.save_pretrained(tmp_path / "new")
+    old, new = tether_scores(tmp_path / "old"), tether_scores(tmp_path / "new")
+    assert torch.allclose(old, new, atol=1e-5) and old.std() > 0.1
+
+    hf = AutoModelForSequenceClassification.from_pretrained(tmp_path / "new").eval()
+    tok = AutoTokenizer.from_pretrained(tmp_path / "new")
+    texts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+             + r + tok.eos_token for p, r in zip(prompts, responses)]
+    with torch.no_grad():
+        plain = hf(**tok(texts, padding=True, return_tensors="pt", add_special_tokens=False)).logits[:, 0]
+    left_over = 0.0 if arch == "gpt2" else -0.7
+    assert hf.config.tether_score_bias == pytest.approx(left_over)
+    assert torch.allclose(plain + left_over, new, atol=1e-5), (plain + left_over - new).abs().max()
+
+
 def test_config_from_yaml_and_validation(tmp_path):
     yaml_path = tmp_path / "rm.yaml"
     yaml_path.write_text("data: prefs.jsonl\nbatch_size: 4\nranking_weighting: per-pair\n")
@@ -244,7 +321,7 @@ def test_config_from_yaml_and_validation(tmp_path):
         RewardModelConfig()
     with pytest.raises(ConfigError, match="max_prompt_length"):
         RewardModelConfig(data="x", max_length=8, max_prompt_length=8)
-    with pytest.raises(ConfigError, match="one of 'chosen', 'policy', 'none'"):
+    with pytest.raises(ConfigError, match="one of 'chosen', 'responses', 'policy', 'none'"):
         load_config(RewardModelConfig, yaml_path, ["normalize=sft"])
 
 

@@ -160,3 +160,22 @@ def test_gradient_checkpointing_and_encoders_run_the_plain_way(tiny_model_path):
     assert embedded.shapes[0] == (4, 23)
     encoder = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32))
     assert not can_share_prefix(encoder)
+
+
+def test_shared_prefix_forward_passes_the_cache_without_a_deprecation_warning(tiny_model_path):
+    """The cache goes by the name the installed transformers uses (``cache`` in recent ones,
+    which raise a FutureWarning for ``past_key_values`` on every reward-model and DPO run)."""
+    import warnings
+
+    from tether.models.scalar_head import ScalarHeadModel
+
+    model = ScalarHeadModel.from_pretrained(tiny_model_path, fresh_head=True)
+    prompts = torch.full((6, 12), 5)
+    responses = torch.randint(5, 30, (6, 3))
+    inputs = build_inputs(prompts, torch.ones_like(prompts), responses, torch.ones_like(responses))
+    assert inputs.shared_prefix == 11
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        shared = model.forward(inputs, 11)
+    plain = build_inputs(prompts, torch.ones_like(prompts), responses, torch.ones_like(responses), share_prefix=False)
+    assert torch.allclose(shared, model.forward(plain, 11), atol=1e-5)

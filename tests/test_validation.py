@@ -62,6 +62,26 @@ def test_bad_config_is_one_line_before_any_model_loads(capsys, tmp_path, overrid
     assert expected in err
 
 
+def test_reward_function_and_labeler_from_the_current_folder(tmp_path, monkeypatch):
+    """``reward_function=my_module:f`` finds my_module.py in the current folder, as
+    ``--labeler my_module:f`` does: one loader serves both."""
+    import sys
+    from pathlib import Path
+
+    from tether.labeling.simulated import load_labeler
+    from tether.rollout.rewards import load_function
+
+    config = Path("configs/ppo-tiny.yaml").resolve()
+    (tmp_path / "cwd_rewards_mod.py").write_text("def f(prompts, responses):\n    return [1.0] * len(responses)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
+    assert load_function("cwd_rewards_mod:f")(["p"], ["a", "b"]) == [1.0, 1.0]
+    assert load_labeler("cwd_rewards_mod:f") is load_function("cwd_rewards_mod:f")
+    with pytest.raises(AssertionError, match="models were loaded"):  # validation passed
+        main(["ppo", "--config", str(config), "quiet=true", "device=cpu", f"output_dir={tmp_path / 'runs'}",
+              "reward_function=cwd_rewards_mod:f"])
+
+
 def test_tokenizer_larger_than_the_model_vocabulary(capsys, tmp_path, small_vocab_model):
     err = one_line_error(capsys, "ppo", *BASE, f"output_dir={tmp_path}", f"policy={small_vocab_model}")
     assert "tokenizer has 77 tokens but the model's vocab_size is 10" in err
@@ -132,8 +152,9 @@ def test_existing_run_is_refused_unless_overwrite_or_resume(capsys, tmp_path):
     (tmp_path / "ppo-tiny" / "metrics.jsonl").write_text('{"iteration": 1}\n')
     err = one_line_error(capsys, "ppo", *BASE, f"output_dir={tmp_path}")
     assert "already holds a run" in err and "resume=auto" in err
+    (tmp_path / "ppo-tiny" / "policy").mkdir()  # finished with checkpoint_every=0: nothing to continue
     err = one_line_error(capsys, "ppo", *BASE, f"output_dir={tmp_path}", "resume=auto")
-    assert "no complete checkpoint to resume from; pass overwrite=true" in err
+    assert "holds a finished run (policy/) and no checkpoint to continue from; pass overwrite=true" in err
 
 
 def test_resume_errors(capsys, tmp_path):

@@ -9,7 +9,7 @@ import importlib
 import os
 import sys
 
-from tether.errors import TetherError
+from tether.errors import RunStopped, TetherError
 
 # command modules, in the order `tether --help` lists them
 COMMAND_MODULES = [
@@ -25,6 +25,7 @@ COMMAND_MODULES = [
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tether", description="RLHF with PPO, end to end.")
+    parser.add_argument("--version", action="version", version=f"tether {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMAND_MODULES:
         try:
@@ -37,6 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tether")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -47,9 +57,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def dispatch(args: argparse.Namespace) -> int:
-    """Run a parsed command: a ``TetherError`` becomes one line on stderr and exit code 2."""
+    """Run a parsed command: a ``TetherError`` becomes one line on stderr and exit code 2; a
+    run stopped early (its message already printed) exits non-zero, 128 + signal number."""
     try:
         result = args.func(args)
+    except RunStopped as exc:
+        return exc.exit_code
     except TetherError as exc:
         if os.environ.get("TETHER_DEBUG"):
             raise

@@ -12,3 +12,15 @@ class ConfigError(TetherError):
 
 class DataError(TetherError):
     """A malformed input row or an unreadable data file; the message names file:row: field."""
+
+
+class RunStopped(Exception):
+    """A training run stopped before its end (SIGINT/SIGTERM, or a critical doctor finding):
+    its checkpoint is written, its final model is not. Not a TetherError: nothing is wrong
+    with the input, but the CLI must not exit 0, so it exits with ``exit_code`` (128 + the
+    signal's number, the shell's convention; 1 for other reasons)."""
+
+    def __init__(self, message: str, run_dir, exit_code: int):
+        super().__init__(message)
+        self.run_dir = run_dir
+        self.exit_code = exit_code

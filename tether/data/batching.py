@@ -88,6 +88,34 @@ class PreferenceBatch:
             torch.cat([widen(self.chosen.response_mask, False), widen(self.rejected.response_mask, False)]),
         )
 
+    def unique_joint(self) -> tuple[PromptResponseBatch, torch.Tensor, torch.Tensor]:
+        """The distinct (prompt, response) rows of ``joint()``, and for each pair the row of
+        its chosen (N,) and of its rejected (N,) response. The C(K,2) pairs of K responses to
+        one prompt hold only K distinct rows: a forward pass over these scores each once."""
+        joint = self.joint()
+        n = len(self)
+        keys: dict[tuple, int] = {}
+        index = []
+        for row in range(2 * n):
+            prompt = joint.prompt_ids[row][joint.prompt_mask[row]].tolist()
+            response = joint.response_ids[row][joint.response_mask[row]].tolist()
+            index.append(keys.setdefault((tuple(prompt), tuple(response)), len(keys)))
+        if len(keys) == 2 * n:
+            rows = torch.arange(2 * n)
+            return joint, rows[:n], rows[n:]
+        first = {}
+        for row, k in enumerate(index):
+            first.setdefault(k, row)
+        keep = torch.tensor([first[k] for k in range(len(keys))])
+        unique = PromptResponseBatch(*(t[keep] for t in joint.tensors()))
+        # trim columns that are padding in every kept row (prompts stay left-padded to one width)
+        width = max(int(unique.response_mask.sum(1).max()), 1)
+        start = int((~unique.prompt_mask).all(0).sum())
+        unique = PromptResponseBatch(unique.prompt_ids[:, start:], unique.prompt_mask[:, start:],
+                                     unique.response_ids[:, :width], unique.response_mask[:, :width])
+        rows = torch.tensor(index)
+        return unique, rows[:n], rows[n:]
+
 
 @dataclass(frozen=True)
 class TokenizedPair:
@@ -96,6 +124,7 @@ class TokenizedPair:
     rejected: list[int]
     margin: float  # 0.0 when not given
     weight: float
+    group: int = 0  # the prompt's index: pairs of one prompt share it (batched together by train-rm)
 
 
 @dataclass(frozen=True)
@@ -147,12 +176,16 @@ def tokenize_pairs(
     kept, dropped = [], 0
     for pair in pairs:
         prompt = encode(pair.prompt)
-        chosen = truncate(prompt, encode_response(tokenizer, pair.chosen), max_length, max_prompt_length)
-        rejected = truncate(prompt, encode_response(tokenizer, pair.rejected), max_length, max_prompt_length)
+        # a response cut off at the sampler's length limit gets no EOS: the reward model must
+        # score it as the policy's cut-off answers are scored during RL (at the last text token)
+        chosen_ids = encode_response(tokenizer, pair.chosen, add_eos=not pair.chosen_truncated)
+        rejected_ids = encode_response(tokenizer, pair.rejected, add_eos=not pair.rejected_truncated)
+        chosen = truncate(prompt, chosen_ids, max_length, max_prompt_length)
+        rejected = truncate(prompt, rejected_ids, max_length, max_prompt_length)
         if chosen is None or rejected is None or chosen[1] == rejected[1]:
             dropped += 1
             continue
-        kept.append(TokenizedPair(chosen[0], chosen[1], rejected[1], pair.margin or 0.0, pair.weight))
+        kept.append(TokenizedPair(chosen[0], chosen[1], rejected[1], pair.margin or 0.0, pair.weight, pair.group))
     return kept, dropped
 
 

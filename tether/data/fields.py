@@ -105,6 +105,31 @@ def optional_float(row: Row, name: str) -> float | None:
     return float(value)
 
 
+_TEXT_BOOLS = {"true": True, "false": False, "1": True, "0": False}
+
+
+def optional_bool(row: Row, name: str, value: Any = None) -> bool:
+    """A true/false field that defaults to False when absent (CSV: true/false/1/0)."""
+    value = row.data.get(name) if value is None else value
+    if is_missing(value) or (row.textual and value == ""):
+        return False
+    if row.textual and isinstance(value, str) and value.strip().lower() in _TEXT_BOOLS:
+        return _TEXT_BOOLS[value.strip().lower()]
+    if not isinstance(value, bool):
+        raise field_error(row, name, f"must be true or false, got {type_name(value)}")
+    return value
+
+
+def optional_bool_list(row: Row, name: str, length: int) -> list[bool]:
+    """One true/false per response (e.g. ``truncated``); all False when absent."""
+    value = row.data.get(name)
+    if is_missing(value):
+        return [False] * length
+    if not isinstance(value, list) or len(value) != length:
+        raise field_error(row, name, f"must be a list of {length} booleans (one per response), got {value!r}")
+    return [optional_bool(row, f"{name}[{i}]", v) for i, v in enumerate(value)]
+
+
 def ranking(row: Row, name: str, num_responses: int) -> list[int]:
     """Indices of the responses from best to worst: a permutation of 0..K-1."""
     value = require(row, name)

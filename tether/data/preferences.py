@@ -11,6 +11,11 @@ Row formats, detected per row:
   becomes all C(K,2) pairs, each weighted 1/C(K,2) so that every ranked prompt counts the
   same in the loss however large K is (Ouyang et al. 2022, InstructGPT, sec. 3.5).
 
+A response cut off at the sampler's length limit is marked ``chosen_truncated`` /
+``rejected_truncated`` (pairs) or ``truncated`` (a list, rankings), as ``tether label export``
+writes them: it is then tokenised without EOS, the way the policy's cut-off answers are scored
+during RL, instead of as a finished answer it never was.
+
 Pairs whose chosen and rejected responses are identical carry no preference and are dropped;
 so are exact duplicates (same prompt, chosen, rejected). Both are counted and reported once.
 """
@@ -20,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import combinations
 from pathlib import Path
 
@@ -38,6 +43,8 @@ class PreferencePair:
     margin: float | None = None  # how much better chosen is (Llama 2's margin loss); None = not given
     weight: float = 1.0  # 1 for a pair row; 1/C(K,2) for a pair from a K-wise ranking
     group: int = 0  # index of the prompt: pairs from one prompt share it (splits never separate them)
+    chosen_truncated: bool = False  # y_w was cut off at the length limit: scored without EOS
+    rejected_truncated: bool = False  # y_l was cut off at the length limit: scored without EOS
 
 
 @dataclass
@@ -143,7 +150,9 @@ def _pair(row: Row) -> PreferencePair:
     prompt, chosen, rejected = split_implicit_prompt(row, prompt, chosen, rejected)
     chosen_text = fields.response_text(row, "chosen", chosen)
     rejected_text = fields.response_text(row, "rejected", rejected)
-    return PreferencePair(prompt, chosen_text, rejected_text, margin=fields.optional_float(row, "margin"))
+    return PreferencePair(prompt, chosen_text, rejected_text, margin=fields.optional_float(row, "margin"),
+                          chosen_truncated=fields.optional_bool(row, "chosen_truncated"),
+                          rejected_truncated=fields.optional_bool(row, "rejected_truncated"))
 
 
 def split_implicit_prompt(row: Row, prompt, chosen, rejected):
@@ -185,13 +194,16 @@ def _ranking_pairs(row: Row) -> list[PreferencePair]:
             raise fields.field_error(row, name, "is missing")
         texts.append(fields.response_text(row, name, fields.text_or_messages(row, name, response)))
     order = fields.ranking(row, "ranking", len(texts))
+    cut = fields.optional_bool_list(row, "truncated", len(texts))
     weight = 1.0 / math.comb(len(texts), 2)
     # every (better, worse) pair of the ranking: ranked[i] beats ranked[j] for i < j
-    return [PreferencePair(prompt, texts[better], texts[worse], weight=weight) for better, worse in combinations(order, 2)]
+    return [PreferencePair(prompt, texts[better], texts[worse], weight=weight,
+                           chosen_truncated=cut[better], rejected_truncated=cut[worse])
+            for better, worse in combinations(order, 2)]
 
 
 def _with_group(pair: PreferencePair, group: int) -> PreferencePair:
-    return PreferencePair(pair.prompt, pair.chosen, pair.rejected, pair.margin, pair.weight, group)
+    return replace(pair, group=group)
 
 
 def prompt_key(prompt: Prompt) -> str:

@@ -12,7 +12,6 @@ labeler to compare the two policies' j-th responses to each prompt (a tie counts
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -21,14 +20,13 @@ import torch
 
 from tether.data.templates import encode_prompt, prompt_text
 from tether.labeling.judgement import judgement_from_output
-from tether.models.forward import build_inputs, policy_forward
 from tether.models.loading import freeze, load_causal_lm, load_tokenizer
 from tether.models.scalar_head import ScalarHeadModel
 from tether.reporting.progress import phase_progress
-from tether.rollout.generation import SamplingSettings, generate_rollout
-from tether.utils.precision import autocast
+from tether.rollout.generation import SamplingSettings
 from tether.rollout.rewards import ModelReward
-from tether.types import Rollout
+from tether.train.evaluation import sample_and_score as score_responses
+from tether.utils.stats import bootstrap_ci
 
 EVAL_BATCH = 16  # responses per generate() / forward call
 
@@ -47,43 +45,28 @@ class PolicySamples:
     ended_with_eos: list[bool]
 
 
-def bootstrap_ci(values: Sequence[float], resamples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high): the percentile bootstrap interval of the mean."""
-    n = len(values)
-    if n == 0:
-        return float("nan"), float("nan"), float("nan")
-    mean = sum(values) / n
-    rng = random.Random(seed)
-    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
-    lo_i = int((1 - level) / 2 * resamples)
-    hi_i = min(resamples - 1, int((1 + level) / 2 * resamples))
-    return mean, means[lo_i], means[hi_i]
-
-
 @torch.no_grad()
 def sample_and_score(name: str, policy, reference, tokenizer, prompts: list, reward: ModelReward,
                      gold: Callable[[str, str], float], settings: SamplingSettings, seed: int,
                      quiet: bool | None, precision: str = "fp32") -> PolicySamples:
-    """Sample one response per prompt from ``policy`` and score it every way."""
+    """Sample one response per prompt from ``policy`` and score it every way (the online run's
+    evaluation does the same per response: tether.train.evaluation.sample_and_score)."""
     out = PolicySamples(name, [], [], [], [], [], [], [])
     torch.manual_seed(seed)  # both policies see the same random stream
     with phase_progress(f"eval {name}", total=len(prompts), quiet=quiet) as bar:
         for start in range(0, len(prompts), EVAL_BATCH):
             chunk = prompts[start : start + EVAL_BATCH]
             ids = [encode_prompt(tokenizer, p) for p in chunk]
-            with autocast(next(policy.parameters()).device, precision):  # sampling only; scores in fp32
-                rollout = generate_rollout(policy, tokenizer, chunk, ids, settings)
-            kl = response_kl(policy, reference, rollout, settings.temperature)
-            rm_scores = reward(rollout)
-            for i, prompt in enumerate(chunk):
-                text = prompt_text(prompt)
-                out.prompts.append(text)
-                out.responses.append(rollout.responses[i])
-                out.gold.append(float(gold(text, rollout.responses[i])))
-                out.rm.append(float(rm_scores[i]))
-                out.kl.append(float(kl[i]))
-                out.length.append(float(rollout.response_lengths[i]))
-                out.ended_with_eos.append(bool(rollout.ended_with_eos[i]))
+            # sampling under ``precision``; scores and KL in fp32
+            scored = score_responses(policy, None if policy is reference else reference, tokenizer, chunk, ids,
+                                     reward, gold, settings, precision=precision)
+            out.prompts.extend(prompt_text(p) for p in chunk)
+            out.responses.extend(scored.rollout.responses)
+            out.gold.extend(scored.gold.tolist())
+            out.rm.extend(scored.score.tolist())
+            out.kl.extend(scored.kl.tolist())
+            out.length.extend(scored.length.tolist())
+            out.ended_with_eos.extend(scored.ended_with_eos.tolist())
             bar.advance(len(chunk), gold=sum(out.gold) / len(out.gold), kl=sum(out.kl) / len(out.kl))
     return out
 
@@ -91,14 +74,6 @@ def sample_and_score(name: str, policy, reference, tokenizer, prompts: list, rew
 def per_prompt_means(values: Sequence[float], per_prompt: int) -> list[float]:
     """Mean of each consecutive group of ``per_prompt`` values (the responses to one prompt)."""
     return [sum(values[i : i + per_prompt]) / per_prompt for i in range(0, len(values), per_prompt)]
-
-
-def response_kl(policy, reference, rollout: Rollout, temperature: float) -> torch.Tensor:
-    """(B,) Σ_t [log π(y_t|s_t) − log π_ref(y_t|s_t)] over each response's real tokens."""
-    inputs = build_inputs(rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids, rollout.response_mask)
-    logp = policy_forward(policy, inputs, rollout.response_ids, temperature).logprobs
-    ref = logp if policy is reference else policy_forward(reference, inputs, rollout.response_ids, temperature).logprobs
-    return ((logp - ref) * rollout.response_mask).sum(1).float()
 
 
 def win_rate(labeler: Callable, a: PolicySamples, b: PolicySamples) -> list[float]:

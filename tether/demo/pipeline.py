@@ -1,10 +1,12 @@
 """``tether demo``: the whole RLHF pipeline on one model, each step the code path a user runs.
 
-    1. sample     two responses per training prompt from the SFT policy -> tasks.jsonl
-                  (``tether label make-tasks``)
+    1. sample     K responses per training prompt from the SFT policy, every pair of them one
+                  comparison task, cut-off responses marked -> tasks.jsonl (``tether label make-tasks``)
     2. label      the simulated human answers every task in the label store, then the store is
                   exported (``tether label simulate`` + ``tether label export``)
-    3. reward     a Bradley-Terry reward model on the SFT backbone, normalised (``tether train-rm``)
+    3. reward     a Bradley-Terry reward model on the SFT backbone, early-stopped on held-out
+                  prompts, normalised on the SFT samples; judged against chance before going on
+                  (``tether train-rm``)
     4. PPO        critic initialised from the reward model, frozen reference (``tether ppo``)
     5. evaluate   SFT vs PPO on held-out prompts: gold and RM scores, KL, win rate -> eval.json
     6. report     report.html with the evaluation first, then the PPO run's report
@@ -18,7 +20,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +43,19 @@ class DemoResult:
     def summary_lines(self) -> list[str]:
         p = self.eval["policies"]
         wr = self.eval["win_rate_ppo_over_sft"]
+        best = self.eval.get("gold_best_of_n")
+        headroom = (f"; best of {best['n']} SFT samples {best['best_of_n']:.3f}: PPO closed "
+                    f"{self.eval['headroom_closed']:.0%} of that headroom") if best else ""
         ci = lambda c: f"{c['mean']:.3f} [{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}]"  # noqa: E731
         acc = f"{self.rm_accuracy:.1%}" if self.rm_accuracy is not None else "n/a"
+        judged = self.eval.get("reward_model_verdict")
+        if judged:
+            acc += (f" [{judged['ci95'][0]:.1%}, {judged['ci95'][1]:.1%}], "
+                    + ("above chance" if judged["learned"] else "NOT above chance: the labels did not steer PPO"))
         verdict = "PPO beats SFT (intervals do not overlap)" if self.eval["gold_intervals_separate"] else "intervals overlap"
         return [
             f"labels:        {self.labels}; reward model held-out accuracy {acc}",
-            f"gold score:    SFT {ci(p['sft']['gold'])} -> PPO {ci(p['ppo']['gold'])}: {verdict}",
+            f"gold score:    SFT {ci(p['sft']['gold'])} -> PPO {ci(p['ppo']['gold'])}: {verdict}{headroom}",
             f"reward model:  SFT {ci(p['sft']['rm'])} -> PPO {ci(p['ppo']['rm'])}",
             f"win rate:      PPO over SFT {ci(wr)}; KL to reference {p['ppo']['kl']['mean']:.2f} nats/response",
             f"length:        SFT {p['sft']['length']['mean']:.1f} -> PPO {p['ppo']['length']['mean']:.1f} tokens; "
@@ -60,13 +69,15 @@ def run_demo(config: DemoConfig) -> DemoResult:
     from tether.rollout.prompts import resolve_prompts
     from tether.rollout.rewards import load_function
     from tether.utils.host_memory import keep_freed_host_memory
+    from tether.utils.precision import resolve_precision
 
     labeler = load_labeler(config.labeler)  # fail before any model is loaded
     gold = load_function(config.gold, "gold score function")
     train_prompts = resolve_prompts(config.prompts)
     eval_prompts = resolve_prompts(config.eval_prompts)[: config.eval_samples]
-    out = _prepare_dir(config)
     device = resolve_device(config.device)
+    config = replace(config, precision=resolve_precision(config.precision, device))
+    out = _prepare_dir(config)
     keep_freed_host_memory()  # tether/utils/host_memory.py
     timings: dict[str, float] = {}
 
@@ -75,17 +86,22 @@ def run_demo(config: DemoConfig) -> DemoResult:
         print(f"[demo] {name}: {timings[name]:.0f} s", flush=True)
 
     t = time.perf_counter()
-    pair_prompts = [train_prompts[i % len(train_prompts)] for i in range(config.pairs)]
-    tasks_file = sample_pairs(config, pair_prompts, out)
-    step("1 sample pairs", t)
+    if config.tasks:  # responses sampled before (the same model and settings): label these
+        tasks_file = out / "tasks.jsonl"
+        shutil.copyfile(config.tasks, tasks_file)
+    else:
+        label_prompts = [train_prompts[i % len(train_prompts)] for i in range(config.label_prompts)]
+        tasks_file = sample_pairs(config, label_prompts, out)
+    step("1 sample responses", t)
 
     t = time.perf_counter()
-    prefs, labels = label_pairs(config, tasks_file, labeler, out)
+    prefs, labels, label_counts = label_pairs(config, tasks_file, labeler, out)
     step("2 label", t)
 
     t = time.perf_counter()
     rm_dir, rm_accuracy = train_reward(config, prefs, out)
     step("3 reward model", t)
+    check_reward_model(config, out, labels)
 
     t = time.perf_counter()
     ppo_dir = train_policy(config, rm_dir, out)
@@ -101,9 +117,16 @@ def run_demo(config: DemoConfig) -> DemoResult:
         resamples=config.bootstrap, seed=config.seed, show=config.show_samples, quiet=_quiet(config),
         precision=config.precision, per_prompt=config.eval_samples_per_prompt)
     result["reward_model_accuracy"] = rm_accuracy
+    verdict_file = out / "rm" / "rm_verdict.json"
+    if verdict_file.exists():
+        result["reward_model_verdict"] = json.loads(verdict_file.read_text(encoding="utf-8"))
     result["labels"] = labels
+    result["label_counts"] = label_counts
+    result["missing_eos_penalty"] = config.missing_eos_penalty
     result["kl_coef"] = config.kl_coef
     result["kl_target"] = config.kl_target
+    if config.headroom_samples:
+        result.update(best_of_n(config, eval_prompts, gold, result, out))
     for path in (out / "eval.json", ppo_dir / "eval.json"):
         path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     step("5 evaluate", t)
@@ -119,6 +142,24 @@ def run_demo(config: DemoConfig) -> DemoResult:
     demo = DemoResult(out, files.html, result, timings, rm_accuracy, labels)
     (out / "timings.json").write_text(json.dumps(timings, indent=2) + "\n", encoding="utf-8")
     return demo
+
+
+def best_of_n(config: DemoConfig, eval_prompts: list, gold, result: dict, out: Path) -> dict:
+    """The gold headroom of the held-out prompts (tether.demo.headroom) and the share PPO closed."""
+    from tether.data.templates import prompt_text
+    from tether.demo.headroom import headroom, headroom_closed, sample_best_of
+
+    path = Path(config.headroom_file) if config.headroom_file else out / "best_of_n.json"
+    if not config.headroom_file:
+        with phase_progress(f"best of {config.headroom_samples}", total=1, quiet=_quiet(config)) as bar:
+            sample_best_of(config.model, [prompt_text(p) for p in eval_prompts], config.headroom_samples,
+                           config.max_new_tokens, config.temperature, config.seed + 1, config.sample_batch_size,
+                           config.device, config.precision, path)
+            bar.advance(1)
+    best = headroom(path, gold)
+    policies = result["policies"]
+    closed = headroom_closed(policies["sft"]["gold"]["mean"], policies["ppo"]["gold"]["mean"], best["best_of_n"])
+    return {"gold_best_of_n": best, "headroom_closed": closed}
 
 
 def _quiet(config: DemoConfig) -> bool | None:
@@ -143,28 +184,29 @@ def _prepare_dir(config: DemoConfig) -> Path:
 
 
 def sample_pairs(config: DemoConfig, prompts: list, out: Path) -> Path:
-    """Two sampled responses per prompt, written as a labeling tasks file (as ``make-tasks``)."""
+    """K sampled responses per prompt; every pair of them is written as one comparison task of
+    a labeling tasks file (as ``make-tasks``), each response marked when it was cut off."""
     from tether.data.templates import prompt_text
-    from tether.labeling.tasks import tasks_from_samples, write_tasks
+    from tether.labeling.tasks import pair_tasks, write_tasks
     from tether.rollout.sampling import sample_responses
 
     texts = [prompt_text(p) for p in prompts]
-    with phase_progress("1/6 sample pairs", total=len(texts), quiet=_quiet(config)) as bar:
+    k = config.responses_per_prompt
+    with phase_progress("1/6 sample responses", total=len(texts), quiet=_quiet(config)) as bar:
         # one call: the model is loaded once, not once per progress step
-        samples = sample_responses(config.model, texts, k=2, max_new_tokens=config.pair_max_new_tokens,
-                                   temperature=config.pair_temperature, seed=config.seed,
-                                   batch_size=config.sample_batch_size, device=config.device,
-                                   precision=config.precision, on_batch=bar.advance)
-    tasks = tasks_from_samples(texts, samples, 2)
+        samples, truncated = sample_responses(
+            config.model, texts, k=k, max_new_tokens=config.pair_max_new_tokens, temperature=config.pair_temperature,
+            seed=config.seed, batch_size=config.sample_batch_size, device=config.device, precision=config.precision,
+            on_batch=bar.advance, return_truncated=True)
     path = out / "tasks.jsonl"
-    write_tasks(tasks, path)
+    write_tasks(pair_tasks(texts, samples, truncated), path)
     return path
 
 
 # ----- 2. label with the simulated human, through the label store -----------------------------
 
 
-def label_pairs(config: DemoConfig, tasks_file: Path, labeler, out: Path) -> tuple[Path, str]:
+def label_pairs(config: DemoConfig, tasks_file: Path, labeler, out: Path) -> tuple[Path, str, dict[str, int]]:
     """``tether label simulate --tasks`` then ``tether label export``, in process."""
     from tether.labeling.export import export_jsonl
     from tether.labeling.simulated import simulate
@@ -178,10 +220,13 @@ def label_pairs(config: DemoConfig, tasks_file: Path, labeler, out: Path) -> tup
     prefs = out / "preferences.jsonl"
     exported = export_jsonl(store, prefs)
     print(f"[demo] {summary.describe()}; exported {exported.pairs} pairs", flush=True)
+    if summary.tie_warning():
+        print(f"[demo] warning: {summary.tie_warning()}", flush=True)
     if exported.pairs < 4:
         raise TetherError(f"the labeler {config.labeler} gave only {exported.pairs} preferences "
                           f"({summary.ties} ties, {summary.skips} skips): the reward model needs at least 4")
-    return prefs, f"{exported.pairs} preferences ({summary.ties} ties, {summary.skips} skips) from {name}"
+    counts = {"tasks": summary.answered, "preferences": exported.pairs, "ties": summary.ties, "skips": summary.skips}
+    return prefs, f"{exported.pairs} preferences ({summary.ties} ties, {summary.skips} skips) from {name}", counts
 
 
 # ----- 3. reward model ----------------------------------------------------------------------
@@ -193,17 +238,37 @@ def train_reward(config: DemoConfig, prefs: Path, out: Path) -> tuple[Path, floa
     rm_config = RewardModelConfig(
         model=config.model, data=str(prefs), eval_fraction=config.rm_eval_fraction, epochs=config.rm_epochs,
         max_steps=config.rm_max_steps, batch_size=config.rm_batch_size, learning_rate=config.rm_learning_rate,
-        trainable_layers=config.rm_trainable_layers,
-        eval_every=10_000, normalize="chosen", seed=config.seed, device=config.device, output_dir=str(out),
-        precision=config.precision,
-        run_name="rm", quiet=bool(config.quiet))
+        trainable_layers=config.rm_trainable_layers, keep_best=True,
+        skip_bad_rows=True,  # a sampled empty answer cannot be a preference row: counted and skipped
+        evals_per_epoch=config.rm_evals_per_epoch,
+        # normalised on every labeled response: samples of the SFT policy, which is π_ref
+        normalize="responses", seed=config.seed, device=config.device, output_dir=str(out),
+        precision=config.precision, run_name="rm", quiet=bool(config.quiet))
     rm_dir = train_reward_model(rm_config)
-    accuracy = None
-    for line in (out / "rm" / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        if "eval/accuracy" in row:
-            accuracy = row["eval/accuracy"]
+    verdict = out / "rm" / "rm_verdict.json"
+    accuracy = json.loads(verdict.read_text(encoding="utf-8"))["accuracy"] if verdict.exists() else None
     return rm_dir, accuracy
+
+
+def check_reward_model(config: DemoConfig, out: Path, labels: str) -> None:
+    """Stop before PPO when the reward model did not learn the labels (held-out accuracy not
+    above chance): say why, and what to change."""
+    path = out / "rm" / "rm_verdict.json"
+    if not path.exists():
+        return
+    verdict = json.loads(path.read_text(encoding="utf-8"))
+    lo, hi = verdict["ci95"]
+    line = (f"reward model held-out accuracy {verdict['accuracy']:.1%} [{lo:.1%}, {hi:.1%}] "
+            f"on {verdict['pairs']} pairs from {verdict['prompts']} prompts")
+    if verdict["learned"]:
+        print(f"[demo] {line}: above chance", flush=True)
+        return
+    advice = (f"{line} is not above chance (50%): the reward model has not learned the labels ({labels}), "
+              "and PPO would optimise noise. Label more prompts (label_prompts), make the labeler's taste "
+              "decide more comparisons (fewer ties), or check that its answers are consistent")
+    if config.require_learned_reward:
+        raise TetherError(advice + "; require_learned_reward=false runs PPO anyway")
+    print(f"[demo] warning: {advice}", flush=True)
 
 
 # ----- 4. PPO -------------------------------------------------------------------------------
@@ -215,7 +280,7 @@ def train_policy(config: DemoConfig, rm_dir: Path, out: Path) -> Path:
 
     ppo_config = PPOConfig(
         policy=config.model, reward_model=str(rm_dir), critic="separate", prompts=config.prompts,
-        eval_prompts=config.eval_prompts, total_iterations=config.ppo_iterations, batch_size=config.batch_size,
+        total_iterations=config.ppo_iterations, batch_size=config.batch_size,
         ppo_epochs=config.ppo_epochs, mini_batch_size=config.mini_batch_size, micro_batch_size=config.micro_batch_size,
         forward_batch_size=config.batch_size, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
         learning_rate=config.learning_rate, critic_learning_rate=config.critic_learning_rate,

@@ -3,16 +3,23 @@
 Offline: ``diagnose(rows, samples)`` or ``diagnose_run(run_dir)``. Live, inside a training
 loop: ``LiveDoctor.update(iteration, metrics)`` returns only findings not reported before,
 so the loop can show them in the progress bar and stop on a critical one.
+
+The two judge the same rules on the same windows, but at different moments: the live doctor
+on the iterations seen so far, the offline one on the whole run. A warning the progress bar
+showed can therefore clear by the end (responses learn to end with EOS, the critic catches
+up). So the offline diagnosis replays the run through a LiveDoctor and adds, as an ``info``
+finding, each warning it would have raised that no longer holds (``cleared_findings``).
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from tether.diagnostics import rules_reward as rr
 from tether.diagnostics import rules_update as ru
-from tether.diagnostics.findings import Finding, has_critical, sort_findings
+from tether.diagnostics.findings import SEVERITY_RANK, Finding, has_critical, sort_findings
 from tether.diagnostics.run import load_run
 from tether.diagnostics.thresholds import DEFAULT_THRESHOLDS, Thresholds
 from tether.diagnostics.trace import RunTrace, build_trace
@@ -42,21 +49,87 @@ RULES: dict[str, Rule] = {
     "score_saturation": rr.score_saturation,
     "dpo_no_progress": rr.dpo_no_progress,
     "dpo_chosen_falling": rr.dpo_chosen_falling,
+    "reward_model_at_chance": rr.reward_model_at_chance,
 }
 
 
-def diagnose_trace(trace: RunTrace, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> list[Finding]:
-    findings = [f for rule in RULES.values() if (f := rule(trace, thresholds)) is not None]
+# A replay diagnoses at most this many prefixes of a run: every iteration of a shorter run (what
+# the training loop's LiveDoctor did), every ceil(n / REPLAY_CHECKS)-th of a longer one.
+REPLAY_CHECKS = 100
+
+
+def diagnose_trace(
+    trace: RunTrace, thresholds: Thresholds = DEFAULT_THRESHOLDS, *, cleared: bool = True
+) -> list[Finding]:
+    """Findings for the whole run, worst first; with ``cleared``, also the live doctor's
+    warnings that no longer hold, as ``info`` findings (see ``cleared_findings``)."""
+    findings = _rules(trace, thresholds)
+    if cleared:
+        findings += cleared_findings(trace, findings, thresholds)
     return sort_findings(findings)
+
+
+def _rules(trace: RunTrace, thresholds: Thresholds) -> list[Finding]:
+    return [f for rule in RULES.values() if (f := rule(trace, thresholds)) is not None]
 
 
 def diagnose(
     metrics: Iterable[Mapping[str, Any]],
     samples: Iterable[Mapping[str, Any]] = (),
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
+    *,
+    cleared: bool = True,
 ) -> list[Finding]:
     """Findings for metrics.jsonl rows (and samples.jsonl rows), worst first."""
-    return diagnose_trace(build_trace(metrics, samples), thresholds)
+    return diagnose_trace(build_trace(metrics, samples), thresholds, cleared=cleared)
+
+
+def live_reports(trace: RunTrace, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> list[tuple[int, Finding]]:
+    """(iteration, finding) for each finding a LiveDoctor fed this run row by row reports, when
+    it reports it: the same rules on the same windows as during training. Runs longer than
+    REPLAY_CHECKS iterations are checked every ceil(n / REPLAY_CHECKS) iterations, so a finding
+    that held only between two checks is not seen."""
+    rows: dict[int, dict[str, Any]] = {}
+    for key, s in trace.series.items():
+        for i, v in zip(s.iterations, s.values):
+            rows.setdefault(i, {})[key] = v
+    for key, its in trace.nonfinite.items():
+        for i in its:
+            rows.setdefault(i, {})[key] = None
+    samples: dict[int, list[dict[str, Any]]] = {}
+    for row in trace.samples:
+        if isinstance(row.get("iteration"), int):
+            samples.setdefault(row["iteration"], []).append(row)
+    doctor = LiveDoctor(thresholds, every=max(1, math.ceil(len(rows) / REPLAY_CHECKS)))
+    return [(i, f) for i in sorted(rows) for f in doctor.update(i, rows[i], samples=samples.get(i))]
+
+
+def cleared_findings(
+    trace: RunTrace, current: list[Finding], thresholds: Thresholds = DEFAULT_THRESHOLDS
+) -> list[Finding]:
+    """One ``info`` finding per rule the live doctor reported during the run (the warnings a
+    training progress bar showed) that is not among ``current``, the findings on the whole run;
+    it quotes the evidence as it stood when first reported at its worst severity."""
+    named_now = {f.rule for f in current}
+    first: dict[str, tuple[int, Finding]] = {}
+    for iteration, f in live_reports(trace, thresholds):
+        seen = first.get(f.rule)
+        if f.rule not in named_now and (seen is None or SEVERITY_RANK[f.severity] < SEVERITY_RANK[seen[1].severity]):
+            first[f.rule] = (iteration, f)
+    return [
+        Finding(
+            rule=f.rule,
+            severity="info",
+            title=f"Cleared by the end: {f.title} (reported live as a {f.severity} at iteration {iteration})",
+            evidence=f"on the iterations up to {iteration}: {f.evidence}. On the whole run the rule no longer "
+            "fires: its latest window is within the thresholds.",
+            cause=f.cause,
+            fix="Nothing, if the latest samples look right: the run recovered. If it comes back: " + f.fix[:1].lower() + f.fix[1:],
+            iterations=f.iterations,
+            metrics=f.metrics,
+        )
+        for iteration, f in first.values()
+    ]
 
 
 def diagnose_run(run_dir: str | Path, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> list[Finding]:
@@ -114,7 +187,7 @@ class LiveDoctor:
         if len(rows) > self.head + self.history:
             rows = rows[: self.head] + rows[-self.history :]
         sample_rows = [row for rows_ in self._samples.values() for row in rows_]
-        self.findings = diagnose(rows, sample_rows, self.thresholds)
+        self.findings = sort_findings(_rules(build_trace(rows, sample_rows), self.thresholds))
         new = [f for f in self.findings if (f.rule, f.severity) not in self._reported]
         self._reported.update((f.rule, f.severity) for f in new)
         return new

@@ -4,7 +4,7 @@ the shape of the responses, and DPO's implicit rewards. Same contract as rules_u
 from __future__ import annotations
 
 from tether.diagnostics.findings import Finding
-from tether.diagnostics.rules_update import SCORE, score_scale
+from tether.diagnostics.rules_update import SCORE, oversized_updates, score_scale
 from tether.diagnostics.thresholds import Thresholds
 from tether.diagnostics.trace import RunTrace, Series, fmt, fmt_iterations, mean, window_size
 
@@ -20,14 +20,19 @@ def beta_too_high(trace: RunTrace, t: Thresholds) -> Finding | None:
         return None
     w = window_size(len(score), t.window)
     recent_kl = kl.tail(w).mean()
+    if recent_kl >= t.kl_high:  # far from π_ref: whatever is wrong, β is not holding the policy back
+        return None
     first, recent = score.head(w), score.tail(w)
     scale = score_scale(trace)
     gain = recent.mean() - first.mean()
     beta = trace.get("objective/kl_coef")
     recent_beta = beta.tail(w).mean() if beta is not None else None
     # The policy may drift a little under a huge β (noisy advantages), so "KL ≈ 0" is one sign;
-    # the other is a penalty β·KL that dwarfs anything the reward can pay.
-    penalty_dominates = recent_beta is not None and recent_beta * recent_kl > t.penalty_dominance * scale
+    # the other is a penalty β·KL that dwarfs anything the reward can pay. Not when an update left
+    # the trust region: then the KL was thrown there by instability (kl_runaway, approx_kl_high
+    # and ratio_blowup name it), and a collapsed score spread makes any penalty look dominant.
+    penalty_dominates = (recent_beta is not None and recent_beta * recent_kl > t.penalty_dominance * scale
+                         and not oversized_updates(trace, t))
     if (recent_kl >= t.kl_floor and not penalty_dominates) or gain >= t.flat_score_gain * scale:
         return None
     approx = trace.get("policy/approx_kl")
@@ -45,8 +50,8 @@ def beta_too_high(trace: RunTrace, t: Thresholds) -> Finding | None:
         evidence += f"; policy/approx_kl mean {fmt(approx.mean())}"
     cause = (
         "The KL penalty dominates the objective: every step away from π_ref costs more than the reward "
-        "it buys, so the policy stays coherent and safe but barely improves, with mediocre scores "
-        "(seeds 000, 002: β set very high)."
+        "it buys, so the policy stays coherent and safe but barely improves, with mediocre scores: "
+        "the classic sign of β set too high."
     )
     if not moving and approx is not None:
         cause += " policy/approx_kl is ≈ 0 as well, so the optimiser barely moves the policy at all: " "check the learning rate and that the policy's parameters receive gradients."
@@ -157,8 +162,8 @@ def repetition(trace: RunTrace, t: Thresholds) -> Finding | None:
         title="Responses are turning repetitive",
         evidence=f"repeated word 3-grams in samples: {fmt(first)} at iteration {its[0]} → {fmt(recent)} "
         f"over iterations {recent_its[0]}-{recent_its[-1]}",
-        cause="The policy found that repeating a phrase the reward model likes raises the score (reward "
-        "hacking, seed 003's 'repetitive, nonsensical text that happens to exploit the reward model').",
+        cause="The policy found that repeating a phrase the reward model likes raises the score: reward "
+        "hacking, repetitive or nonsensical text that exploits a flaw of the reward model.",
         fix="Raise β, lower the learning rate, retrain the reward model with these degenerate samples "
         "labelled as losers, or add a repetition penalty to the score.",
         iterations=recent_its,
@@ -174,24 +179,43 @@ def kl_runaway(trace: RunTrace, t: Thresholds) -> Finding | None:
     recent = kl.tail(w)
     previous = Series(kl.iterations[-2 * w : -w], kl.values[-2 * w : -w])
     now, before = recent.mean(), previous.mean() if len(previous) else float("nan")
-    too_high = now > t.kl_high and not now < before  # high and not coming back down
+    # "coming back down" is a fall of kl_recovery of the previous level: a dip of a few tenths of a
+    # nat between windows of a KL of tens of nats is noise, not a recovery
+    falling = now < (1 - t.kl_recovery) * before
+    too_high = now > t.kl_high and not falling
     too_fast = now > t.kl_fast_floor and before > 0 and now > t.kl_fast_growth * before
     if not (too_high or too_fast):
         return None
     key = trace.key(*KL_KEYS)
+    jumps = oversized_updates(trace, t)
+    evidence = (f"{key} averaged {fmt(now)} nats over iterations {recent.span()} (previous {len(previous)}: "
+                f"{fmt(before)}; lowest window of the run {fmt(min_window_mean(kl, w))}; advisory ceiling {fmt(t.kl_high)})")
+    cause = ("The policy drifts far from π_ref, where the reward model's scores stop meaning much: β too "
+             "low for this reward model or learning rate too high; the drift opens the way to reward hacking.")
+    fix = ("Raise β or switch to the adaptive KL controller with a target of a few nats; compare "
+           "samples with the reference's; watch eval/gold scores for a decline.")
+    if jumps:  # the KL was thrown there by updates outside the trust region: an unstable run
+        evidence += f"; updates left the trust region (approx_kl, clipfrac or ratio_max) at iteration(s) {fmt_iterations(jumps)}"
+        cause = ("Unstable optimisation: updates far outside PPO's trust region threw the policy away from "
+                 "π_ref, and no β can pull it back from there. The learning rate (or the number of PPO "
+                 "epochs) is too high for this run.")
+        fix = "Lower the learning rate (10x or more for a jump like this), use fewer PPO epochs, clip gradients; then " + fix[0].lower() + fix[1:]
     return Finding(
         rule="kl_runaway",
         severity="warning",
-        title="KL to the reference is growing fast",
-        evidence=f"{key} averaged {fmt(now)} nats over iterations {recent.span()} (previous {w}: "
-        f"{fmt(before)}; advisory ceiling {fmt(t.kl_high)})",
-        cause="The policy drifts far from π_ref, where the reward model's scores stop meaning much: β too "
-        "low for this reward model or learning rate too high (seed 000: drift and reward hacking).",
-        fix="Raise β or switch to the adaptive KL controller with a target of a few nats; compare "
-        "samples with the reference's; watch eval/gold scores for a decline.",
-        iterations=list(recent.iterations),
-        metrics=(key or KL_KEYS[0], "objective/kl_coef"),
+        title=("KL to the reference ran away" if too_high else "KL to the reference is growing fast")
+        + (" after updates outside the trust region" if jumps else ""),
+        evidence=evidence,
+        cause=cause,
+        fix=fix,
+        iterations=sorted(set(recent.iterations) | set(jumps)),
+        metrics=(key or KL_KEYS[0], "objective/kl_coef", "policy/approx_kl"),
     )
+
+
+def min_window_mean(s: Series, w: int) -> float:
+    """The lowest mean of ``w`` consecutive points: the run's KL floor, for evidence strings."""
+    return min(mean(s.values[k : k + w]) for k in range(len(s) - w + 1))
 
 
 def negative_kl(trace: RunTrace, t: Thresholds) -> Finding | None:
@@ -324,4 +348,30 @@ def dpo_chosen_falling(trace: RunTrace, t: Thresholds) -> Finding | None:
         "(RPO / DPOP); check samples for drift.",
         iterations=list(s.tail(w).iterations),
         metrics=("logps/chosen", "logps/rejected"),
+    )
+
+
+def reward_model_at_chance(trace: RunTrace, t: Thresholds) -> Finding | None:
+    """A reward-model run (train-rm) whose held-out accuracy is not above chance: the 95%
+    interval over held-out prompts, logged once at the end, reaches 50%."""
+    learned, low = trace.get("eval/rm_learned"), trace.get("eval/accuracy_ci_low")
+    if learned is None or low is None or learned.values[-1] > 0:
+        return None
+    accuracy = trace.get("eval/final_accuracy")
+    high = trace.get("eval/accuracy_ci_high")
+    shown = fmt(accuracy.values[-1]) if accuracy is not None else "?"
+    return Finding(
+        rule="reward_model_at_chance",
+        severity="warning",
+        title="the reward model's held-out accuracy is not above chance",
+        evidence=f"held-out accuracy {shown}, 95% interval over held-out prompts [{fmt(low.values[-1])}, "
+        f"{fmt(high.values[-1]) if high is not None else '?'}]: not wholly above 0.5 (or from too few "
+        "held-out prompts to tell)",
+        cause="Too few comparisons, too many ties (they order nothing and are left out), labels that "
+        "contradict each other, or a taste the backbone cannot see in the text.",
+        fix="Label more prompts (several responses per prompt give several comparisons each), make the "
+        "labeler decide more pairs, check a few labels by hand, or train longer (epochs, learning_rate); "
+        "do not run PPO on this reward model: it would steer the policy by noise.",
+        iterations=list(low.iterations),
+        metrics=("eval/final_accuracy", "eval/accuracy_ci_low"),
     )

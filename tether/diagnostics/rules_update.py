@@ -28,6 +28,17 @@ def score_scale(trace: RunTrace, start: int | None = None, stop: int | None = No
     return value if value > 1e-6 else 1.0
 
 
+def oversized_updates(trace: RunTrace, t: Thresholds) -> list[int]:
+    """Iterations whose update left PPO's trust region by the absolute thresholds (approx_kl,
+    clipfrac, ratio_max): where a large KL to the reference comes from instability, not from β."""
+    hits: set[int] = set()
+    for key, limit in ((APPROX_KL, t.approx_kl_high), (CLIPFRAC, t.clipfrac_high), ("policy/ratio_max", t.ratio_max_high)):
+        s = trace.get(key)
+        if s is not None:
+            hits.update(i for i, v in zip(s.iterations, s.values) if v > limit)
+    return sorted(hits)
+
+
 def approx_kl_high(trace: RunTrace, t: Thresholds) -> Finding | None:
     s = trace.get(APPROX_KL)
     if s is None:
@@ -70,8 +81,8 @@ def clipfrac_high(trace: RunTrace, t: Thresholds) -> Finding | None:
             f"{CLIPFRAC} above {fmt(t.clipfrac_high)} at {len(hits)} iteration(s): "
             f"{fmt_iterations([i for i, _ in hits])}; max {fmt(max(v for _, v in hits))}"
         ),
-        cause="The ratio π_θ/π_old leaves [1-ε, 1+ε] for many tokens, so most of the batch gives no "
-        "gradient (seed 003): the step size is too large for the clip range.",
+        cause="The ratio π_θ/π_old leaves [1-ε, 1+ε] for many tokens, and a token whose clipped term "
+        "is the minimum gives no gradient: the step size is too large for the clip range.",
         fix="Lower the learning rate or the number of PPO epochs; check old log-probs are recomputed "
         "with a forward pass at the sampling temperature (ρ must be exactly 1 at the first minibatch).",
         iterations=[i for i, _ in hits],
@@ -177,8 +188,8 @@ def score_collapse(trace: RunTrace, t: Thresholds) -> Finding | None:
     i, before, after = (after_large or events)[0]
     cause_tail = (
         f" A large update preceded it (approx_kl/clipfrac above threshold at iteration(s) "
-        f"{fmt_iterations(sorted(j for j in large if i - 2 <= j < i))}): the textbook case of one "
-        "destabilising step (seed 000)."
+        f"{fmt_iterations(sorted(j for j in large if i - 2 <= j < i))}): one destabilising step "
+        "outside the trust region undid the earlier progress."
         if after_large
         else " No oversized update was logged just before it: check the reward model and the samples."
     )
@@ -230,7 +241,7 @@ def critic_not_learning(trace: RunTrace, t: Thresholds) -> Finding | None:
         evidence=f"value/explained_variance averaged {fmt(ev)} over iterations {recent.span()} "
         f"(≤ {fmt(t.ev_min)} after a {t.critic_warmup}-iteration warm-up)",
         cause="The critic's predictions explain none of the returns' variance, so GAE advantages are "
-        "noise (seed 004). Usual causes: returns not masked past EOS, value read at the wrong "
+        "noise. Usual causes: returns not masked past EOS, value read at the wrong "
         "position (off by one against the token it scores), value head not in the optimiser or "
         "frozen, value learning rate too low.",
         fix="Check the value head's parameters receive gradients; mask returns and values with "
@@ -260,10 +271,11 @@ def value_loss_growing(trace: RunTrace, t: Thresholds) -> Finding | None:
         base = max(mean([variances.get(i, 0.0) for i in settled.iterations[:w]]), 1e-8)
         scale = {i: max(var / base, 1.0) for i, var in variances.items()}
     values = [v / scale.get(i, 1.0) for i, v in zip(settled.iterations, settled.values)]
-    means = [mean(values[k : k + w]) for k in range(0, len(values) - w + 1)]
-    best, recent_mean = min(means), mean(values[-w:])
+    # window medians: one spike (loss_spike names it) is not a loss that keeps growing
+    medians = [median(values[k : k + w]) for k in range(0, len(values) - w + 1)]
+    best, recent_median = min(medians), median(values[-w:])
     recent = settled.tail(w)
-    if best <= 0 or recent_mean <= t.value_loss_growth * best:
+    if best <= 0 or recent_median <= t.value_loss_growth * best:
         return None
     relative = " relative to the score variance" if scale else ""
     return Finding(
@@ -271,7 +283,7 @@ def value_loss_growing(trace: RunTrace, t: Thresholds) -> Finding | None:
         severity="warning",
         title="Value loss keeps growing",
         evidence=f"losses/value_loss averaged {fmt(recent.mean())} over iterations {recent.span()}; "
-        f"{relative.strip() or 'raw'}: {fmt(recent_mean / best)}x its best {w}-iteration mean",
+        f"{relative.strip() or 'raw'}: its median {fmt(recent_median / best)}x its best {w}-iteration median",
         cause="The critic falls behind the returns: rewards drifting in scale (unnormalised reward, KL "
         "term growing), value learning rate too low, or the value clip range too tight.",
         fix="Normalise rewards, check explained variance, raise the value learning rate or loss "

@@ -76,6 +76,33 @@ def healthy_metrics(n: int = 60, seed: int = 0, critic: bool = True, eval_every:
     return rows
 
 
+def unstable_metrics(n: int = 30, kl: float = 56.0, dip: float = 0.3) -> list[dict[str, Any]]:
+    """A run thrown off by one update far outside the trust region (a learning rate 300x too
+    high on the tiny config): at iteration 1 approx_kl is 6 nats/token and ρ reaches 59; from
+    then on the KL to the reference sits at ``kl`` nats (the last window ``dip`` nats below the
+    one before), the policy has collapsed onto one answer (entropy ≈ 0) and every response
+    scores the same, so the score and its spread are flat at 0."""
+    rows = []
+    for i in range(1, n + 1):
+        jump = i == 1
+        level = 0.0 if jump else kl - (dip if i > n - min(10, n // 3) else 0.0)
+        rows.append({
+            "iteration": i,
+            "objective/score_mean": 0.04 if jump else 0.0,
+            "objective/score_std": 0.08 if jump else 0.0,
+            "objective/kl_k3": level,
+            "objective/kl_k1": level,
+            "objective/kl_coef": 0.03,
+            "policy/entropy": 4.3 if jump else 1e-6,
+            "policy/approx_kl": 6.19 if jump else 0.0,
+            "policy/clipfrac": 0.43 if jump else 0.0,
+            "policy/ratio_mean": 1.0,
+            "policy/ratio_max": 59.0 if jump else 1.0,
+            "rollout/eos_fraction": 1.0,
+        })  # fmt: skip
+    return rows
+
+
 def healthy_samples(n: int = 60, per_iteration: int = 2, seed: int = 0) -> list[dict[str, Any]]:
     """samples.jsonl rows: short varied responses that end with EOS."""
     rng = random.Random(seed)

@@ -21,13 +21,13 @@ class Thresholds:
     window: int = 10  # iterations averaged for an "initial" or "recent" level
     min_iterations: int = 8  # trend rules say nothing before this many iterations
 
-    # --- β too high (seeds 000, 002: "coherent and safe but barely improved") -----------------
+    # --- β too high: outputs stay coherent and safe but barely improve --------------------------
     beta_min_iterations: int = 20  # a healthy run has left π_ref well before this
     kl_floor: float = 0.5  # recent KL below this (nats/response): the policy has not moved
     flat_score_gain: float = 0.25  # score gain below this many batch stds counts as flat
     penalty_dominance: float = 5.0  # β·KL above this many batch stds of the score: the penalty outweighs the reward
 
-    # --- instability (seed 000: "a single large update ... degrade significantly") ------------
+    # --- instability: one large update degrades a run that was improving -----------------------
     approx_kl_high: float = 0.1  # nats/token per update; Spinning Up targets 0.01, cleanrl ~0.01-0.02
     clipfrac_high: float = 0.3  # fraction of clipped tokens; healthy PPO runs sit near 0.05-0.2
     ratio_mean_tol: float = 0.2  # |mean ρ - 1| above this: updates too drastic (TRL PPO docs)
@@ -38,7 +38,7 @@ class Thresholds:
     collapse_before: int = 5
     collapse_after: int = 3
 
-    # --- reward hacking (seed 000: "Root-cause analysis of a reward hacking spike") ------------
+    # --- reward hacking: the proxy score climbs while true quality falls ------------------------
     gold_drop: float = 0.2  # held-out/gold score below its best by this many batch stds ...
     proxy_rise: float = 0.1  # ... while the proxy score rose by at least this many since then
     length_growth: float = 2.0  # recent mean response length / initial
@@ -47,10 +47,11 @@ class Thresholds:
     repetition_high: float = 0.5  # fraction of repeated word 3-grams in recent responses ...
     repetition_rise: float = 0.25  # ... and this much above the first iteration's
     kl_high: float = 10.0  # nats/response; TRL's training FAQ advises keeping KL in 0-10
+    kl_recovery: float = 0.2  # KL this fraction below the previous window's is coming back down; a smaller dip is noise
     kl_fast_floor: float = 5.0  # KL above this ...
     kl_fast_growth: float = 2.0  # ... and this many times the previous window's: growing fast
 
-    # --- critic (seed 004: "value function's predictions consistently inaccurate") -------------
+    # --- critic: value predictions that explain none of the returns ----------------------------
     critic_warmup: int = 10  # a fresh value head needs a few iterations before EV means anything
     ev_min: float = 0.0  # recent explained variance at or below this: the critic explains nothing
     ev_critical: float = -1.0  # below this the critic is worse than useless: a wiring bug

@@ -6,6 +6,7 @@ import in a blink inside a live training loop.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
@@ -31,9 +32,9 @@ class Series:
         return Series(self.iterations[-n:], self.values[-n:]) if n > 0 else Series((), ())
 
     def between(self, start: int, stop: int) -> "Series":
-        """Points with start <= iteration < stop."""
-        pairs = [(i, v) for i, v in zip(self.iterations, self.values) if start <= i < stop]
-        return Series(tuple(i for i, _ in pairs), tuple(v for _, v in pairs))
+        """Points with start <= iteration < stop (iterations are sorted: two bisections)."""
+        lo, hi = bisect.bisect_left(self.iterations, start), bisect.bisect_left(self.iterations, stop)
+        return Series(self.iterations[lo:hi], self.values[lo:hi])
 
     def mean(self) -> float:
         return mean(self.values)
@@ -134,7 +135,8 @@ def robust_spikes(s: Series, z: float, lookback: int) -> list[tuple[int, float, 
     to slow trends) and by 10% of the baseline. For a non-negative metric (value loss, grad
     norm) only upward jumps count: a loss that drops is not a spike."""
     diffs = [b - a for a, b in zip(s.values, s.values[1:])]
-    series_noise = 1.4826 * median(abs(d - median(diffs)) for d in diffs) / math.sqrt(2) if diffs else 0.0
+    centre_diff = median(diffs)
+    series_noise = 1.4826 * median(abs(d - centre_diff) for d in diffs) / math.sqrt(2) if diffs else 0.0
     spikes = []
     for k in range(lookback, len(s)):
         before = s.values[k - lookback : k]

@@ -133,13 +133,16 @@ def cmd_make_tasks(args: argparse.Namespace) -> int:
         raise TetherError(
             f"make-tasks needs tether.rollout.sampling.sample_responses, which cannot be imported ({exc})"
         ) from None
-    samples = sample_responses(
-        args.policy, prompts, k=args.k, max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed
+    samples, truncated = sample_responses(
+        args.policy, prompts, k=args.k, max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
+        return_truncated=True,
     )
-    tasks = tasks_from_samples(prompts, samples, args.k)
+    tasks = tasks_from_samples(prompts, samples, args.k, truncated)
     write_tasks(tasks, args.out)
     same = sum(len(set(t.responses)) < len(t.responses) for t in tasks)
-    print(f"wrote {len(tasks)} tasks with {args.k} responses each to {args.out}", file=sys.stderr)
+    cut = sum(sum(t.truncated or ()) for t in tasks)
+    print(f"wrote {len(tasks)} tasks with {args.k} responses each to {args.out} "
+          f"({cut} of {len(tasks) * args.k} responses cut off at --max-new-tokens {args.max_new_tokens})", file=sys.stderr)
     if same:
         print(f"warning: {same} tasks have identical responses (raise --temperature?)", file=sys.stderr)
     return 0
@@ -171,6 +174,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     name = args.name or "sim-" + args.labeler.rpartition(":")[2].replace("_", "-")
     summary = simulate(store, fn, name, spec=args.labeler, limit=args.limit)
     print(summary.describe())
+    if summary.tie_warning():
+        print(f"warning: {summary.tie_warning()}", file=sys.stderr)
     return 0
 
 

@@ -4,6 +4,10 @@ One line per live answer (undone ones are gone), every labeler's answer kept wit
 labeler id, so a reward model can weight or filter labelers later:
 - K = 2: ``{"prompt", "chosen", "rejected", "labeler", "task_id", "reason"}``
 - K > 2: ``{"prompt", "responses", "ranking" (indices best -> worst), "labeler", "task_id", "reason"}``
+
+When the task says which responses were cut off at the sampler's length limit, the record
+carries it (``chosen_truncated``/``rejected_truncated``, or ``truncated`` for a ranking), so that
+``train-rm`` scores such a response without an EOS it never generated.
 Ties and skips order nothing, so they are left out and counted in the summary.
 """
 
@@ -73,7 +77,14 @@ def export_jsonl(store: Store, out: str | Path) -> ExportSummary:
 def _record(answer: Answer, task: Task) -> dict[str, Any]:
     assert answer.ranking is not None  # ties and skips were filtered out by the caller
     meta = {"labeler": answer.labeler, "task_id": task.id, "reason": answer.reason}
+    cut = task.truncated
     if task.k == 2:
         best, worst = answer.ranking
-        return {"prompt": task.prompt, "chosen": task.responses[best], "rejected": task.responses[worst], **meta}
-    return {"prompt": task.prompt, "responses": list(task.responses), "ranking": list(answer.ranking), **meta}
+        record = {"prompt": task.prompt, "chosen": task.responses[best], "rejected": task.responses[worst]}
+        if cut is not None:
+            record.update(chosen_truncated=cut[best], rejected_truncated=cut[worst])
+        return {**record, **meta}
+    record = {"prompt": task.prompt, "responses": list(task.responses), "ranking": list(answer.ranking)}
+    if cut is not None:
+        record["truncated"] = list(cut)
+    return {**record, **meta}

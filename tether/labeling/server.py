@@ -1,14 +1,18 @@
 """The labeling web server: a static page and a small JSON API over the store.
 
 ``create_app(store)`` builds the FastAPI app; ``serve`` runs it under uvicorn. The API is
-described by FastAPI's OpenAPI document at ``/api/openapi.json`` (the interactive /docs page
-is off: it loads its scripts from a CDN, and this server works with no network).
+described by FastAPI's OpenAPI document at ``/api/openapi.json``, for labelers only (the
+interactive /docs page is off: it loads its scripts from a CDN, and this server works with no
+network).
 
-Access rules, in order: every ``/api`` call except ``/api/health`` needs a labeler token
-(``Authorization: Bearer <token>``, else 401); writes also need a same-origin request: when an
-``Origin`` (or, without one, a ``Referer``) header is present its host must equal ``Host``,
-else 403. A script run by another site cannot read the token (it lives in this origin's
-localStorage), and the origin check refuses cross-site writes even if one could.
+Access rules, in order: a ``Content-Length`` over MAX_BODY_BYTES is refused (413); every
+``/api`` call except ``/api/health`` needs a labeler token (``Authorization: Bearer <token>``,
+else 401), checked before a byte of the body is read; a body without ``Content-Length``
+(chunked) is counted as it arrives and cut off at MAX_BODY_BYTES (413); writes also need a
+same-origin request: when an ``Origin`` (or, without one, a ``Referer``) header is present its
+host must equal ``Host``, else 403. A script run by another site cannot read the token (it
+lives in this origin's localStorage), and the origin check refuses cross-site writes even if
+one could.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
+import anyio
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -27,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.exceptions import HTTPException
 
 from tether.errors import DataError, TetherError
+from tether.labeling.judgement import make_judgement
 from tether.labeling.store import AlreadyAnswered, Answer, Labeler, Progress, Store, UnknownAnswer, UnknownTask
 from tether.labeling.tasks import Task
 
@@ -44,6 +50,7 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",  # keyboard shortcuts + framing = clickjacking
     "Referrer-Policy": "same-origin",  # the URL may carry ?token= on first load
 }
+MAX_ERRORS_SHOWN, MAX_ERROR_CHARS = 3, 500  # an error message stays one short line
 # the store's errors -> HTTP status; anything else user-fixable is a 422
 ERROR_STATUS: dict[type[TetherError], int] = {
     UnknownTask: 404, UnknownAnswer: 404, AlreadyAnswered: 409, DataError: 422,
@@ -70,7 +77,8 @@ class AnswerIn(BaseModel):
 class UndoIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     answer_id: int | None = Field(
-        default=None, description="undo this answer; without it, the labeler's latest live answer"
+        default=None, ge=1, le=2**63 - 1,  # SQLite's INTEGER range: a larger id cannot exist
+        description="undo this answer; without it, the labeler's latest live answer",
     )
 
 
@@ -126,29 +134,32 @@ class HealthOut(BaseModel):
 _bearer = HTTPBearer(auto_error=False, description="the labeler token printed by `tether label add-labeler`")
 
 
-def reading_labeler(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Labeler:
-    """Dependency of every read: a valid token, else 401 (before the body is even validated)."""
-    return authenticate(request, credentials)
+async def reading_labeler(
+    request: Request, _credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
+) -> Labeler:
+    """Dependency of every read: the labeler GuardMiddleware found for the token (it answers
+    401 itself, before reading the body). ``_bearer`` is there to put the scheme in OpenAPI."""
+    return request.state.labeler
 
 
-def writing_labeler(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Labeler:
-    """Dependency of every write: a valid token (401) and a same-origin request (403). One
-    dependency, not two chained: each sync dependency is one more hop through the thread pool."""
-    labeler = authenticate(request, credentials)
+async def writing_labeler(
+    request: Request, _credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
+) -> Labeler:
+    """Dependency of every write: the authenticated labeler and a same-origin request (403).
+    Async, as is ``reading_labeler``: a sync dependency is one more hop through the thread pool."""
     if not same_origin(request.headers.get("host"), request.headers.get("origin"), request.headers.get("referer")):
         raise HTTPException(403, "cross-origin write refused: Origin/Referer does not match Host")
-    return labeler
+    return request.state.labeler
 
 
-def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Labeler:
-    if credentials is None:
-        raise HTTPException(
-            401, "missing token: send Authorization: Bearer <token>", headers={"WWW-Authenticate": "Bearer"}
-        )
-    labeler = request.app.state.store.labeler_for_token(credentials.credentials)
-    if labeler is None:
-        raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
-    return labeler
+def needs_token(path: str) -> bool:
+    return path.startswith("/api/") and path != "/api/health"
+
+
+def bearer_token(authorization: bytes | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, else None."""
+    scheme, _, token = (authorization or b"").decode("latin-1").strip().partition(" ")
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
 
 
 def same_origin(host: str | None, origin: str | None, referer: str | None) -> bool:
@@ -224,6 +235,12 @@ def _add_routes(app: FastAPI) -> None:
         store = store_of(request)
         submitted = store.submit(labeler, body.task_id, body.choice, body.ranking, body.reason, body.request_id)
         if not submitted.created:
+            if not _same_answer(store, body, submitted.answer):
+                raise HTTPException(  # "already answered": the page then moves on to the next task
+                    409, f"request_id {body.request_id!r} already answered task {body.task_id!r} with a different "
+                    f"answer (answer {submitted.answer.id}, choice {submitted.answer.choice!r}): a retry must repeat "
+                    "it; undo it to change it",
+                )
             response.status_code = 200
         return SubmitOut(
             answer=_answer(submitted.answer), created=submitted.created, progress=_progress(submitted.progress)
@@ -240,7 +257,10 @@ def _add_routes(app: FastAPI) -> None:
 
 
 class GuardMiddleware:
-    """Refuses oversized bodies and adds the security and cache headers to every response.
+    """Refuses oversized bodies and missing or bad tokens before the app reads the body, and
+    adds the security and cache headers to every response. The app (FastAPI) reads the whole
+    body before it runs any dependency, so both checks live here: a client without a token,
+    or with a chunked body of any size, costs the server at most MAX_BODY_BYTES.
     Plain ASGI rather than ``@app.middleware("http")``: that wrapper costs a task and a
     stream per request, which shows when eight clients write at once on two cores."""
 
@@ -252,11 +272,6 @@ class GuardMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        length = dict(scope["headers"]).get(b"content-length", b"0")
-        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
-            response = JSONResponse({"error": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
-            await response(scope, receive, send)
-            return
         # answers and tokens must not sit in caches; the page is revalidated so upgrades show
         cache = b"no-store" if scope["path"].startswith("/api/") else b"no-cache"
         extra = [*self.headers, (b"cache-control", cache)]
@@ -266,14 +281,51 @@ class GuardMiddleware:
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+            await _refuse(413, f"request body over {MAX_BODY_BYTES} bytes", scope, receive, send_with_headers)
+            return
+        if needs_token(scope["path"]):
+            token = bearer_token(headers.get(b"authorization"))
+            if token is None:
+                await _refuse(401, MISSING_TOKEN, scope, receive, send_with_headers)
+                return
+            labeler = await anyio.to_thread.run_sync(scope["app"].state.store.labeler_for_token, token)
+            if labeler is None:
+                await _refuse(401, "invalid token", scope, receive, send_with_headers)
+                return
+            scope.setdefault("state", {})["labeler"] = labeler
+        received = 0
+
+        async def bounded_receive():
+            # counted as it arrives: a chunked body has no Content-Length to check up front
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > MAX_BODY_BYTES:
+                    raise HTTPException(413, f"request body over {MAX_BODY_BYTES} bytes", headers=CLOSE)
+            return message
+
+        await self.app(scope, bounded_receive, send_with_headers)
+
+
+# a refusal that leaves the body unread closes the connection: the server then reads no more of it
+CLOSE = {"Connection": "close"}
+MISSING_TOKEN = "missing token: send Authorization: Bearer <token>"
+
+
+async def _refuse(status: int, message: str, scope, receive, send) -> None:
+    headers = {**CLOSE, "WWW-Authenticate": "Bearer"} if status == 401 else CLOSE
+    await JSONResponse({"error": message}, status_code=status, headers=headers)(scope, receive, send)
 
 
 def _add_error_handlers(app: FastAPI) -> None:
     # one shape for every error: {"error": "<one line a person can act on>"}
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse({"error": _bounded(str(exc.detail))}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -282,18 +334,40 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(TetherError)
     async def tether_error(request: Request, exc: TetherError) -> JSONResponse:
         status = next((code for cls, code in ERROR_STATUS.items() if isinstance(exc, cls)), 422)
-        return JSONResponse({"error": str(exc)}, status_code=status)
+        return JSONResponse({"error": _bounded(str(exc))}, status_code=status)
 
 
 def _validation_message(errors: list[dict]) -> str:
     parts = []
-    for err in errors:
+    for err in errors[:MAX_ERRORS_SHOWN]:
         if err.get("type") == "json_invalid":
             parts.append(f"malformed JSON: {err.get('ctx', {}).get('error', 'cannot decode')}")
             continue
         field = ".".join(str(p) for p in err.get("loc", ())[1:]) or "body"
         parts.append(f"{field}: {err.get('msg', 'invalid')}")
-    return "; ".join(parts)
+    more = f"; and {len(errors) - MAX_ERRORS_SHOWN} more errors" if len(errors) > MAX_ERRORS_SHOWN else ""
+    return _bounded("; ".join(parts) + more)
+
+
+def _bounded(message: str) -> str:
+    """An error names what is wrong without echoing a large input back (a 60 KB ranking
+    would otherwise come back in full, or as one error per element)."""
+    if len(message) <= MAX_ERROR_CHARS:
+        return message
+    half = (MAX_ERROR_CHARS - 5) // 2  # both ends: the field comes first, what is wrong with it last
+    return f"{message[:half]} ... {message[-half:]}"
+
+
+def _same_answer(store: Store, body: AnswerIn, stored: Answer) -> bool:
+    """True when ``body`` is a retry of ``stored``: the same answer once normalised as the
+    store does (``rank`` of two responses is stored as a / b, a reason is stripped)."""
+    task = store.task(body.task_id)
+    try:
+        judgement = make_judgement(body.choice, body.ranking, len(task.responses))
+    except DataError:
+        return False
+    reason = (body.reason.strip() or None) if body.reason else None
+    return (judgement.choice, judgement.ranking, reason) == (stored.choice, stored.ranking, stored.reason)
 
 
 def _task(task: Task) -> TaskOut:

@@ -13,9 +13,6 @@ and tests exercise the real path. The functions below are small documented examp
 from __future__ import annotations
 
 import hashlib
-import importlib
-import os
-import sys
 import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -23,8 +20,10 @@ from typing import Any, Callable
 from tether.errors import DataError, TetherError
 from tether.labeling.judgement import judgement_from_output
 from tether.labeling.store import Store
+from tether.utils.imports import load_function
 
-__all__ = ["prefer_shorter", "prefer_longer", "noisy_shorter", "load_labeler", "simulate", "SimulationSummary"]
+__all__ = ["prefer_shorter", "prefer_longer", "noisy_shorter", "load_labeler", "simulate", "SimulationSummary",
+           "tie_share_warning"]
 
 LabelerFn = Callable[[str, list[str]], Any]
 
@@ -53,21 +52,7 @@ def noisy_shorter(prompt: str, responses: list[str]) -> list[int]:
 
 def load_labeler(spec: str) -> LabelerFn:
     """``package.module:function`` -> the function, with a clear error for each way it fails."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise TetherError(f"--labeler must look like module:function, got {spec!r}")
-    if os.getcwd() not in sys.path:  # the `tether` script does not put the current folder on the path
-        sys.path.append(os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise TetherError(f"--labeler {spec}: cannot import module {module_name!r} ({exc})") from None
-    fn = getattr(module, attr, None)
-    if fn is None:
-        raise TetherError(f"--labeler {spec}: module {module_name!r} has no attribute {attr!r}")
-    if not callable(fn):
-        raise TetherError(f"--labeler {spec}: {attr!r} is not a function")
-    return fn
+    return load_function(spec, "--labeler")
 
 
 @dataclass(frozen=True)
@@ -84,6 +69,23 @@ class SimulationSummary:
             f"{self.labeler}: answered {self.answered} tasks ({self.preferences} preferences, {self.ties} ties, "
             f"{self.skips} skips); {self.already_done} were already answered"
         )
+
+    def tie_warning(self) -> str | None:
+        """A line when ties and skips leave too few comparisons to learn from."""
+        return tie_share_warning(self.ties + self.skips, self.answered)
+
+
+# a reward model learns only from the answers that order responses: past this share of ties and
+# skips, a few hundred tasks leave too few comparisons to learn a taste from
+TIE_SHARE_WARNING = 0.4
+
+
+def tie_share_warning(undecided: int, answered: int) -> str | None:
+    if answered == 0 or undecided / answered < TIE_SHARE_WARNING:
+        return None
+    return (f"{undecided} of {answered} answers ({undecided / answered:.0%}) were ties or skips: they order nothing, "
+            "so the reward model learns from the rest only. A labeler whose taste leaves most pairs undecided needs "
+            "more tasks, or tasks whose responses differ in what it judges")
 
 
 def simulate(

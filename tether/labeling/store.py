@@ -68,6 +68,10 @@ MIGRATIONS: list[list[str]] = [
         "CREATE UNIQUE INDEX answers_one_live ON answers (labeler_id, task_id) WHERE undone_at IS NULL",
         "CREATE INDEX answers_by_labeler ON answers (labeler_id, id)",
     ],
+    [  # 1 -> 2: which responses were cut off at the sampler's length limit (JSON list of k
+        # booleans; NULL when the tasks file did not say), so the export can tell train-rm
+        "ALTER TABLE tasks ADD COLUMN truncated TEXT",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 BUSY_TIMEOUT_S = 30.0
@@ -246,26 +250,27 @@ class Store:
                     continue
                 position += 1
                 conn.execute(
-                    "INSERT INTO tasks (id, position, prompt, responses, k) VALUES (?, ?, ?, ?, ?)",
-                    (task.id, position, task.prompt, json.dumps(list(task.responses), ensure_ascii=False), task.k),
+                    "INSERT INTO tasks (id, position, prompt, responses, k, truncated) VALUES (?, ?, ?, ?, ?, ?)",
+                    (task.id, position, task.prompt, json.dumps(list(task.responses), ensure_ascii=False), task.k,
+                     None if task.truncated is None else json.dumps(list(task.truncated))),
                 )
                 added += 1
         return added
 
     def task(self, task_id: str) -> Task | None:
         with self._read() as conn:
-            row = conn.execute("SELECT id, prompt, responses FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            row = conn.execute("SELECT id, prompt, responses, truncated FROM tasks WHERE id = ?", (task_id,)).fetchone()
         return _task(row) if row else None
 
     def tasks(self) -> list[Task]:
         with self._read() as conn:
-            return [_task(r) for r in conn.execute("SELECT id, prompt, responses FROM tasks ORDER BY position")]
+            return [_task(r) for r in conn.execute("SELECT id, prompt, responses, truncated FROM tasks ORDER BY position")]
 
     def next_task(self, labeler: Labeler) -> Task | None:
         """The first task, in file order, that this labeler has no live answer for."""
         with self._read() as conn:
             row = conn.execute(
-                """SELECT id, prompt, responses FROM tasks WHERE id NOT IN
+                """SELECT id, prompt, responses, truncated FROM tasks WHERE id NOT IN
                    (SELECT task_id FROM answers WHERE labeler_id = ? AND undone_at IS NULL)
                    ORDER BY position LIMIT 1""",
                 (labeler.id,),
@@ -348,10 +353,10 @@ class Store:
         """Every answer not undone, with its task, in task order then labeler name."""
         with self._read() as conn:
             rows = conn.execute(
-                f"""SELECT {_ANSWER_COLUMNS}, t.prompt, t.responses FROM {_ANSWER_TABLES}
+                f"""SELECT {_ANSWER_COLUMNS}, t.prompt, t.responses, t.truncated FROM {_ANSWER_TABLES}
                     JOIN tasks t ON t.id = a.task_id WHERE a.undone_at IS NULL ORDER BY t.position, l.name"""
             ).fetchall()
-        return [(_answer(r), Task(r["task_id"], r["prompt"], tuple(json.loads(r["responses"])))) for r in rows]
+        return [(_answer(r), _task(r, id_column="task_id")) for r in rows]
 
     def answer_rows(self, include_undone: bool = True) -> list[Answer]:
         """All answers in insertion order (tests and audits)."""
@@ -387,8 +392,9 @@ def _progress(conn: sqlite3.Connection, labeler: Labeler) -> Progress:
     return Progress(done=done, total=total)
 
 
-def _task(row: sqlite3.Row) -> Task:
-    return Task(row["id"], row["prompt"], tuple(json.loads(row["responses"])))
+def _task(row: sqlite3.Row, id_column: str = "id") -> Task:
+    truncated = None if row["truncated"] is None else tuple(json.loads(row["truncated"]))
+    return Task(row[id_column], row["prompt"], tuple(json.loads(row["responses"])), truncated)
 
 
 def _hash(token: str) -> str:

@@ -1,7 +1,9 @@
 """Labeling tasks: one prompt and K >= 2 candidate responses, read from and written to JSONL.
 
 A tasks file has one object per line, ``{"id": optional str, "prompt": str, "responses":
-[str, str, ...]}``. Every row is checked before any is used, and an error names the place:
+[str, str, ...], "truncated": optional [bool, ...]}``. ``truncated`` marks a response that was
+cut off by the sampler's length limit (it never emitted EOS): the reward model must then read
+it without an EOS it did not generate, exactly as the policy's cut-off answers are scored. Every row is checked before any is used, and an error names the place:
 ``tasks.jsonl:7: field "responses": expected a list of at least 2 strings, got 1``. Files made
 by ``tether label make-tasks`` and files made elsewhere go through the same reader.
 """
@@ -17,7 +19,8 @@ from typing import Any, Iterable
 
 from tether.errors import DataError
 
-__all__ = ["Task", "task_id_for", "parse_task_row", "load_tasks", "write_tasks", "load_prompts", "tasks_from_samples"]
+__all__ = ["Task", "task_id_for", "parse_task_row", "load_tasks", "write_tasks", "load_prompts", "tasks_from_samples",
+           "pair_tasks"]
 
 
 @dataclass(frozen=True)
@@ -28,13 +31,17 @@ class Task:
     id: str
     prompt: str
     responses: tuple[str, ...]  # (K,) candidate responses, K >= 2, shown as A, B, C, ...
+    truncated: tuple[bool, ...] | None = None  # (K,) True: cut off at the length limit; None: not known
 
     @property
     def k(self) -> int:
         return len(self.responses)
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "prompt": self.prompt, "responses": list(self.responses)}
+        row: dict[str, Any] = {"id": self.id, "prompt": self.prompt, "responses": list(self.responses)}
+        if self.truncated is not None:
+            row["truncated"] = list(self.truncated)
+        return row
 
 
 def task_id_for(prompt: str, responses: Iterable[str]) -> str:
@@ -63,12 +70,19 @@ def parse_task_row(row: Any, where: str) -> Task:
     for i, response in enumerate(responses):
         if not isinstance(response, str):
             raise DataError(f'{where}: field "responses[{i}]": expected a string, got {_describe(response)}')
+    truncated = row.get("truncated")
+    if truncated is not None:
+        if not isinstance(truncated, list) or len(truncated) != len(responses) or not all(
+                isinstance(t, bool) for t in truncated):
+            raise DataError(f'{where}: field "truncated": expected a list of {len(responses)} booleans (one per '
+                            f'response), got {_describe(truncated)}')
+        truncated = tuple(truncated)
     task_id = row.get("id")
     if task_id is None:
         task_id = task_id_for(prompt, responses)
     elif not isinstance(task_id, str) or not task_id.strip():
         raise DataError(f'{where}: field "id": expected a non-empty string, got {_describe(task_id)}')
-    return Task(id=task_id, prompt=prompt, responses=tuple(responses))
+    return Task(id=task_id, prompt=prompt, responses=tuple(responses), truncated=truncated)
 
 
 def load_tasks(path: str | Path) -> list[Task]:
@@ -145,9 +159,11 @@ def _describe(value: Any) -> str:
     return "null" if value is None else f"{type(value).__name__} {text}"
 
 
-def tasks_from_samples(prompts: list[str], samples: list[list[str]], k: int) -> list[Task]:
-    """Pair each prompt with its K sampled responses; a sampler returning the wrong shape is a
-    bug worth a clear message rather than a silently short tasks file."""
+def tasks_from_samples(prompts: list[str], samples: list[list[str]], k: int,
+                       truncated: list[list[bool]] | None = None) -> list[Task]:
+    """Pair each prompt with its K sampled responses (and, when given, which of them were cut
+    off at the length limit); a sampler returning the wrong shape is a bug worth a clear
+    message rather than a silently short tasks file."""
     if len(samples) != len(prompts):
         raise DataError(f"the sampler returned {len(samples)} response lists for {len(prompts)} prompts")
     tasks: list[Task] = []
@@ -159,5 +175,23 @@ def tasks_from_samples(prompts: list[str], samples: list[list[str]], k: int) -> 
         if task_id in seen:  # a repeated prompt sampled to the same text: keep it, under its own id
             task_id = f"{task_id}-{i}"
         seen.add(task_id)
-        tasks.append(Task(id=task_id, prompt=prompt, responses=tuple(responses)))
+        cut = tuple(bool(t) for t in truncated[i]) if truncated is not None else None
+        if cut is not None and len(cut) != k:
+            raise DataError(f"the sampler returned {len(cut)} truncation flags for prompt {i}, expected {k}")
+        tasks.append(Task(id=task_id, prompt=prompt, responses=tuple(responses), truncated=cut))
     return tasks
+
+
+def pair_tasks(prompts: list[str], samples: list[list[str]], truncated: list[list[bool]]) -> list[Task]:
+    """Every pair of each prompt's K sampled responses as one K = 2 task: C(K,2) comparisons
+    from K samples (6 from 4), each answerable with a tie. The pairs of one prompt share its
+    responses, and the reward model trains on them together (``train-rm`` batches by prompt)."""
+    from itertools import combinations
+
+    rows_prompts, rows_samples, rows_cut = [], [], []
+    for prompt, responses, cut in zip(prompts, samples, truncated):
+        for i, j in combinations(range(len(responses)), 2):
+            rows_prompts.append(prompt)
+            rows_samples.append([responses[i], responses[j]])
+            rows_cut.append([cut[i], cut[j]])
+    return tasks_from_samples(rows_prompts, rows_samples, 2, rows_cut)

@@ -18,6 +18,7 @@ about a quarter of the body's FLOPs for SmolLM2's template at batch 8.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -124,15 +125,16 @@ def hidden_states_from(decoder: torch.nn.Module, inputs: SequenceInputs, start: 
     rows, width = inputs.input_ids.shape
     prefix = decoder(input_ids=inputs.input_ids[:1, :shared], position_ids=inputs.position_ids[:1, :shared],
                      use_cache=True)
-    cache = prefix.past_key_values
+    cache_name = _cache_argument(decoder)
+    cache = prefix[cache_name]
     cache.batch_repeat_interleave(rows)  # repeat_interleave: backward sums the rows' gradients
     rest = decoder(
         input_ids=inputs.input_ids[:, shared:],
         attention_mask=inputs.attention_mask,  # (B, L): prefix and rest, as the cache sees them
         position_ids=inputs.position_ids[:, shared:],
-        past_key_values=cache,
         cache_position=torch.arange(shared, width, device=inputs.input_ids.device),
         use_cache=True,
+        **{cache_name: cache},
     )
     hidden = _last_hidden(rest)
     if start >= shared:
@@ -163,6 +165,12 @@ def _fsdp_module_type():
     from torch.distributed.fsdp import FSDPModule
 
     return FSDPModule
+
+
+def _cache_argument(decoder: torch.nn.Module) -> str:
+    """The name the decoder's forward and output give the KV cache: ``cache`` in recent
+    transformers (which warns on the older name), ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
 
 
 def _last_hidden(out) -> torch.Tensor:

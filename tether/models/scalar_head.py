@@ -6,8 +6,14 @@ at the last token that is not ``pad_token_id``, which is wrong when pad == EOS (
 the response ends in EOS. tether runs the backbone and reads the head where it chooses:
 at the last real token for a reward, at every response state for a critic.
 
-Reward normalisation (gain, bias) lives in the saved config (``tether_score_gain``,
-``tether_score_bias``) so every later load scores normalised.
+Reward normalisation (gain, bias) lives in the config (``tether_score_gain``,
+``tether_score_bias``) so every later load scores normalised. ``export_reward_model`` folds it
+into the weights before saving, and saves a pad token that is not EOS, so that a plain
+``AutoModelForSequenceClassification`` load (TRL, vLLM's reward serving) computes the same
+normalised score at the same token. The gain always folds into the head's weight; the bias
+folds into the head's bias or the final LayerNorm's bias where the architecture has one.
+Llama-family models have neither (bias-free head after an RMSNorm, so no weight can add a
+constant): their bias stays in ``tether_score_bias``, which a plain load must add.
 """
 
 from __future__ import annotations
@@ -123,6 +129,23 @@ class ScalarHeadModel(torch.nn.Module):
         setattr(self.hf_model.config, GAIN_KEY, float(gain))
         setattr(self.hf_model.config, BIAS_KEY, float(bias))
 
+    def fold_normalization(self) -> None:
+        """Move gain and bias into the weights: the head's output becomes the normalised score
+        (raw · gain + bias), and the stored gain and bias become 1 and what could not be folded.
+        The bias goes to the head's bias, else to the final LayerNorm's bias b_n as
+        b_n += bias · w / |w|² (then w · (h + Δ) = w · h + bias); else it stays in the config."""
+        gain, bias = self.gain, self.bias
+        with torch.no_grad():
+            self.head.weight.mul_(gain)
+            if self.head.bias is not None:
+                self.head.bias.mul_(gain).add_(bias)
+                bias = 0.0
+            elif (norm_bias := _final_norm_bias(self.backbone)) is not None and bias != 0.0:
+                w = self.head.weight[0].to(norm_bias.dtype)
+                norm_bias.add_(bias * w / w.dot(w))
+                bias = 0.0
+        self.set_normalization(1.0, bias)
+
     def save_pretrained(self, path: str | Path, **kwargs) -> None:
         self.hf_model.save_pretrained(path, **kwargs)
 
@@ -139,6 +162,35 @@ def _find_head(hf_model) -> torch.nn.Linear:
         if head is not None and isinstance(getattr(head, "out_proj", None), torch.nn.Linear):
             return head.out_proj
     raise TypeError(f"{type(hf_model).__name__} has no linear scalar head named score or classifier")
+
+
+def _final_norm_bias(backbone: torch.nn.Module) -> torch.nn.Parameter | None:
+    """The bias of the norm the head reads (GPT-2 ``ln_f``, OPT ``final_layer_norm``), if any."""
+    for name, module in backbone.named_children():
+        if ("norm" in name or name.startswith("ln_")) and isinstance(getattr(module, "bias", None), torch.nn.Parameter):
+            return module.bias
+    return None
+
+
+def distinct_pad_token(tokenizer) -> int | None:
+    """An existing special token other than EOS to pad with (unk, else bos, else any other), so
+    that a reader that looks for the last non-pad token finds EOS. None when there is none."""
+    eos = tokenizer.eos_token_id
+    candidates = [tokenizer.pad_token_id, tokenizer.unk_token_id, tokenizer.bos_token_id, *tokenizer.all_special_ids]
+    return next((i for i in candidates if i is not None and i != eos), None)
+
+
+def export_reward_model(model: ScalarHeadModel, tokenizer) -> None:
+    """Prepare a normalised reward model for saving so that plain transformers scores it as
+    tether does: fold the normalisation into the weights, and pad with a token that is not EOS
+    (``AutoModelForSequenceClassification`` reads the last token that is not ``pad_token_id``;
+    with pad == EOS it would read the token before EOS). tether's own scores do not change: it
+    reads the head where the mask says and ignores the pad id."""
+    model.fold_normalization()
+    pad = distinct_pad_token(tokenizer)
+    if pad is not None:
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad)
+        model.config.pad_token_id = pad
 
 
 class ValueHead(torch.nn.Module):

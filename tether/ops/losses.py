@@ -72,17 +72,16 @@ def ppo_clip_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO clipped surrogate (Schulman et al. 2017), as a loss:
 
-        ρ_t = exp(logp_t - old_logp_t)
+        ρ_t = exp(logp_t - old_logp_t)     (log ρ_t clamped to ±20 first: MAX_LOG_RATIO)
         l_t = -min(ρ_t A_t, clip(ρ_t, 1-ε, 1+ε_high) A_t)
 
     logprobs: (B, T) under π_θ (with grad); old_logprobs, advantages: (B, T), no grad.
     When the clipped term is the minimum (A > 0 and ρ > 1+ε, or A < 0 and ρ < 1-ε) the token
     gives zero gradient; ``clipfrac`` is the fraction of real tokens in that state.
-    ``approx_kl`` is the k3 estimate of KL(π_old || π_θ), exactly 0 when ρ = 1.
+    ``approx_kl`` is the k3 estimate of KL(π_old || π_θ), (ρ - 1) - log ρ, exactly 0 when ρ = 1.
     """
     eps_high = clip_eps if clip_eps_high is None else clip_eps_high
-    log_ratio = logprobs - old_logprobs.detach()
-    ratio = torch.exp(log_ratio)
+    log_ratio, ratio = _importance_ratio(logprobs, old_logprobs)
     advantages = advantages.detach()
     unclipped = ratio * advantages
     clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + eps_high) * advantages
@@ -90,12 +89,7 @@ def ppo_clip_loss(
     loss = aggregate_loss(per_token, response_mask, aggregation, num_tokens, num_sequences)
     with torch.no_grad():
         is_clipped = (clipped < unclipped).to(logprobs.dtype)
-        stats = {
-            "clipfrac": masked_mean(is_clipped, response_mask),
-            "approx_kl": masked_mean(torch.expm1(-log_ratio) + log_ratio, response_mask),
-            "ratio_mean": masked_mean(ratio, response_mask),
-            "ratio_max": (ratio * response_mask + (~response_mask.bool()) * 1.0).max(),
-        }
+        stats = {"clipfrac": masked_mean(is_clipped, response_mask), **_ratio_stats(log_ratio, ratio, response_mask)}
     return loss, stats
 
 
@@ -114,18 +108,39 @@ def policy_gradient_loss(
     writing it with the ratio keeps the same stats as PPO and stays correct if reused.
     Shapes as ``ppo_clip_loss``.
     """
-    log_ratio = logprobs - old_logprobs.detach()
-    ratio = torch.exp(log_ratio)
+    log_ratio, ratio = _importance_ratio(logprobs, old_logprobs)
     per_token = -ratio * advantages.detach()
     loss = aggregate_loss(per_token, response_mask, aggregation, num_tokens, num_sequences)
     with torch.no_grad():
-        stats = {
-            "clipfrac": torch.zeros((), device=logprobs.device),
-            "approx_kl": masked_mean(torch.expm1(-log_ratio) + log_ratio, response_mask),
-            "ratio_mean": masked_mean(ratio, response_mask),
-            "ratio_max": (ratio * response_mask + (~response_mask.bool()) * 1.0).max(),
-        }
+        stats = {"clipfrac": torch.zeros((), device=logprobs.device), **_ratio_stats(log_ratio, ratio, response_mask)}
     return loss, stats
+
+
+# Bound on |log ρ| before exp. e^20 ≈ 4.9e8 is far outside any clip range, while exp of a larger
+# log-ratio (a token sampled at log-prob -100, say) overflows to inf, and inf·0 at a padding
+# position or a zero advantage turns the whole loss into NaN. verl's compute_policy_loss clamps
+# at the same ±20. Past the bound the token gives no gradient, like a clipped one.
+MAX_LOG_RATIO = 20.0
+
+
+def _importance_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log ρ, ρ) with ρ = π_θ/π_old, log ρ clamped to ±MAX_LOG_RATIO. (B, T) -> two (B, T)."""
+    log_ratio = (logprobs - old_logprobs.detach()).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
+    return log_ratio, torch.exp(log_ratio)
+
+
+def _ratio_stats(log_ratio: torch.Tensor, ratio: torch.Tensor, response_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """approx_kl, ratio_mean, ratio_max over real tokens.
+
+    approx_kl is Schulman's k3 ("Approximating KL Divergence", 2020; cleanrl's approx_kl) of
+    KL(π_old || π_θ) from tokens sampled by π_old: (ρ - 1) - log ρ, unbiased because
+    E_old[ρ] = 1, never negative, exactly 0 at ρ = 1. expm1 keeps precision near ρ = 1.
+    """
+    return {
+        "approx_kl": masked_mean(torch.expm1(log_ratio) - log_ratio, response_mask),
+        "ratio_mean": masked_mean(ratio, response_mask),
+        "ratio_max": (ratio * response_mask + (~response_mask.bool()) * 1.0).max(),
+    }
 
 
 def value_loss(

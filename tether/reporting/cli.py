@@ -35,8 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "compare",
-        help="overlay the score-vs-KL curves of several runs in one PNG",
-        description="Overlay score (objective/score_mean) against KL (objective/kl_k3, else kl_k1).",
+        help="overlay the score-vs-KL curves of several runs in one PNG (DPO runs: margin and accuracy)",
+        description="Overlay score (objective/score_mean) against KL (objective/kl_k3, else kl_k1) of "
+                    "online runs; DPO runs, which have neither, are shown by rewards/margin and "
+                    "rewards/accuracy per step in panels beside it.",
     )
     p.add_argument("run_dirs", metavar="RUN_DIR", nargs="+")
     p.add_argument("--out", default="compare.png", help="PNG to write (default compare.png)")

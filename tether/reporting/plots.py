@@ -15,6 +15,8 @@ from tether.errors import TetherError
 GROUP_ORDER = ["objective", "eval", "rewards", "logps", "policy", "losses", "value", "rollout", "optim", "guard", "time"]
 SCORE_KEY = "objective/score_mean"
 KL_KEYS = ("objective/kl_k3", "objective/kl_k1")
+# what a preference run (DPO) has instead: its implicit-reward margin and preference accuracy per step
+PREFERENCE_KEYS = ("rewards/margin", "rewards/accuracy")
 
 
 def _matplotlib() -> tuple[Any, Any]:
@@ -103,9 +105,13 @@ def plot_score_vs_kl(runs: list[tuple[str, Series, Series]], path: Path, x_label
     the dot where the run ended."""
     Figure, Canvas = _matplotlib()
     fig = Figure(figsize=(7.5, 5), layout="constrained")
-    ax = fig.add_subplot(1, 1, 1)
-    colors = [f"C{k % 10}" for k in range(len(runs))]
-    for (label, kl, score), color in zip(runs, colors):
+    _draw_score_vs_kl(fig.add_subplot(1, 1, 1), runs, x_label)
+    return _save(fig, Canvas, path)
+
+
+def _draw_score_vs_kl(ax: Any, runs: list[tuple[str, Series, Series]], x_label: str, first_color: int = 0) -> None:
+    for k, (label, kl, score) in enumerate(runs):
+        color = f"C{(first_color + k) % 10}"
         xs, ys, _ = paired(kl, score)
         if not xs:
             continue
@@ -118,5 +124,58 @@ def plot_score_vs_kl(runs: list[tuple[str, Series, Series]], path: Path, x_label
     ax.set_title("Score vs KL")
     ax.grid(alpha=0.3)
     if runs:
+        ax.legend(fontsize=8)
+
+
+EVAL_KL_KEY = "eval/kl"
+# (score key, its reference's key, panel title): the held-out scores the online evaluation logs
+EVAL_SCORE_KEYS = (("eval/score_mean", "eval/reference_score_mean", "reward score (held-out)"),
+                   ("eval/gold_score_mean", "eval/reference_gold_score_mean", "gold score (held-out)"))
+
+
+def plot_eval_vs_kl(kl: Series, panels: list[tuple[str, Series, Series | None]], path: Path) -> Path:
+    """The held-out evaluation's scores against its KL to the reference, a panel per score
+    (title, score series, reference-score series or None): each evaluation a point marked with
+    its iteration, joined in order from the reference's own answers at KL 0. Gold against KL is
+    the over-optimisation curve of Gao et al. 2022: it rises, peaks, and falls once the policy
+    exploits the reward."""
+    Figure, Canvas = _matplotlib()
+    fig = Figure(figsize=(5.2 * len(panels), 4.4), layout="constrained")
+    for k, (title, score, reference) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), k + 1)
+        xs, ys, its = paired(kl, score)
+        if reference is not None and len(reference):
+            xs, ys, its = [0.0, *xs], [reference.values[0], *ys], [0, *its]
+        ax.plot(xs, ys, color=f"C{k}", marker="o", lw=1.5)
+        for x, y, i in zip(xs, ys, its):
+            ax.annotate("ref" if i == 0 else str(i), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.set_xlabel(f"{EVAL_KL_KEY} (nats/response)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    return _save(fig, Canvas, path)
+
+
+def plot_comparison(frontier: list[tuple[str, Series, Series]], preference: list[tuple[str, dict[str, Series]]],
+                    path: Path, x_label: str = "KL to reference (nats/response)") -> Path:
+    """Runs of both kinds in one PNG. Online runs (label, kl, score) share the score-vs-KL panel;
+    preference runs (label, {key: series}), which have no rollouts and so neither score nor KL,
+    get a panel per ``PREFERENCE_KEYS`` metric against their step. Each run keeps one colour."""
+    Figure, Canvas = _matplotlib()
+    panels = (1 if frontier else 0) + len(PREFERENCE_KEYS)
+    fig = Figure(figsize=(5.2 * panels, 4.4), layout="constrained")
+    if frontier:
+        _draw_score_vs_kl(fig.add_subplot(1, panels, 1), frontier, x_label)
+    for j, key in enumerate(PREFERENCE_KEYS):
+        ax = fig.add_subplot(1, panels, panels - len(PREFERENCE_KEYS) + j + 1)
+        for k, (label, series) in enumerate(preference):
+            s = series.get(key)
+            if s is None or not len(s):
+                continue
+            color = f"C{(len(frontier) + k) % 10}"
+            ax.plot(s.iterations, s.values, color=color, alpha=0.35 if len(s) > 20 else 1.0, lw=1)
+            ax.plot(s.iterations, smooth(s.values), color=color, lw=2, label=label)
+        ax.set_title(f"{key} (preference runs)")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return _save(fig, Canvas, path)

@@ -3,8 +3,12 @@ config) is escaped: samples are model output and may contain anything."""
 
 from __future__ import annotations
 
+import base64
 import json
-from html import escape
+import mimetypes
+import re
+from html import escape, unescape
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tether.diagnostics.trace import fmt
@@ -93,6 +97,26 @@ def render_html(ctx: "ReportContext") -> str:
     parts.append(f"<pre>{escape(ctx.config_text)}</pre>" if ctx.config_text else "<p>No config.yaml in the run directory.</p>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+_IMG_SRC = re.compile(r'<img src="([^"]+)"')
+
+
+def embed_images(html: str, base: Path) -> str:
+    """Inline every ``<img src="relative/file.png">`` whose file exists under ``base`` as a
+    data URI, so report.html alone carries its plots (mailed, uploaded as a CI artifact, or
+    copied off a cluster); ``data-file`` keeps the name of the file beside it."""
+
+    def inline(match: re.Match) -> str:
+        name = unescape(match.group(1))
+        path = Path(base) / name
+        if name.startswith("data:") or "://" in name or not path.is_file():
+            return match.group(0)
+        kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        return f'<img src="data:{kind};base64,{data}" data-file="{escape(name)}"'
+
+    return _IMG_SRC.sub(inline, html)
 
 
 def _md_cell(value: Any) -> str:

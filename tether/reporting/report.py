@@ -2,9 +2,9 @@
 run logged, sample tables, the config, and the doctor's findings at the top. ``tether
 compare``: the score-vs-KL curves of several runs in one PNG.
 
-Self-contained on purpose: plain HTML with inline CSS and <img> tags pointing at PNG files
-next to it, no JavaScript, no CDN, so it opens from a laptop, a CI artifact or a cluster's
-file browser alike.
+Self-contained on purpose: plain HTML with inline CSS and the plots inlined as data URIs (the
+PNG files are written beside it too, for report.md), no JavaScript, no CDN, so report.html
+alone opens from a laptop, a CI artifact or a cluster's file browser alike.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from tether.diagnostics.thresholds import DEFAULT_THRESHOLDS, Thresholds
 from tether.diagnostics.trace import RunTrace, build_trace
 from tether.errors import TetherError
 from tether.reporting import plots
-from tether.reporting.render import render_html, render_markdown
+from tether.reporting.render import embed_images, render_html, render_markdown
 
 PLOTS_DIR = "report_plots"
 # the metrics summarised in the "at a glance" table, when logged
@@ -96,7 +96,7 @@ def write_report(
     )
     out.mkdir(parents=True, exist_ok=True)
     html_path, md_path = out / "report.html", out / "report.md"
-    html_path.write_text(render_html(context), encoding="utf-8")
+    html_path.write_text(embed_images(render_html(context), out), encoding="utf-8")
     md_path.write_text(render_markdown(context), encoding="utf-8")
     return ReportFiles(html_path, md_path, plot_files)
 
@@ -113,6 +113,13 @@ def _plots(trace: RunTrace, findings: list[Finding], out: Path, label: str) -> t
         path = plots.plot_score_vs_kl([(label, kl, score)], out / PLOTS_DIR / "score_vs_kl.png", f"{trace.key(*plots.KL_KEYS)} (nats/response)")
         files.append(path)
         listed.append(("Score vs KL to the reference", f"{PLOTS_DIR}/{path.name}"))
+    eval_kl = trace.get(plots.EVAL_KL_KEY)
+    panels = [(title, trace.get(key), trace.get(ref)) for key, ref, title in plots.EVAL_SCORE_KEYS
+              if trace.get(key) is not None]
+    if eval_kl is not None and panels:
+        path = plots.plot_eval_vs_kl(eval_kl, panels, out / PLOTS_DIR / "eval_score_vs_kl.png")
+        files.append(path)
+        listed.append(("Held-out evaluation: score vs KL to the reference", f"{PLOTS_DIR}/{path.name}"))
     for group, keys in plots.metric_groups(list(trace.series)).items():
         path = plots.plot_group(group, {k: trace.series[k] for k in keys}, out / PLOTS_DIR / f"{group}.png", marks)
         files.append(path)
@@ -149,18 +156,28 @@ def _sample_tables(run: RunData, max_samples: int) -> list[tuple[int, list[dict[
 
 
 def compare_runs(run_dirs: list[str | Path], out: str | Path, labels: list[str] | None = None) -> Path:
-    """Overlay score-vs-KL curves (x = objective/kl_k3, or kl_k1 when a run lacks k3)."""
+    """Compare what each run has. Online runs (PPO, GRPO, ...): their score-vs-KL curves overlaid
+    (x = objective/kl_k3, or kl_k1 when a run lacks k3). Preference runs (DPO), which have no
+    score or KL: their implicit-reward margin and accuracy per step, in panels beside it."""
     if labels is not None and len(labels) != len(run_dirs):
         raise TetherError(f"--labels gave {len(labels)} names for {len(run_dirs)} runs")
-    curves = []
+    frontier, preference = [], []
     kl_names = set()
     for k, run_dir in enumerate(run_dirs):
         run = load_run(run_dir)
         trace = build_trace(run.metrics)
+        label = labels[k] if labels else run.name
         score, kl = trace.get(plots.SCORE_KEY), trace.get(*plots.KL_KEYS)
-        if score is None or kl is None:
-            raise TetherError(f"{run_dir}: metrics.jsonl has no {plots.SCORE_KEY} and objective/kl_k3 or kl_k1 to compare")
-        kl_names.add(trace.key(*plots.KL_KEYS))
-        curves.append((labels[k] if labels else run.name, kl, score))
+        if score is not None and kl is not None:
+            kl_names.add(trace.key(*plots.KL_KEYS))
+            frontier.append((label, kl, score))
+            continue
+        series = {key: trace.get(key) for key in plots.PREFERENCE_KEYS}
+        if not any(s is not None for s in series.values()):
+            raise TetherError(f"{run_dir}: metrics.jsonl has neither {plots.SCORE_KEY} with objective/kl_k3 or "
+                              f"kl_k1 (online runs) nor {' or '.join(plots.PREFERENCE_KEYS)} (DPO) to compare")
+        preference.append((label, {key: s for key, s in series.items() if s is not None}))
     x_label = (kl_names.pop() if len(kl_names) == 1 else "objective/kl_k3 or kl_k1") + " (nats/response)"
-    return plots.plot_score_vs_kl(curves, Path(out), x_label)
+    if not preference:
+        return plots.plot_score_vs_kl(frontier, Path(out), x_label)
+    return plots.plot_comparison(frontier, preference, Path(out), x_label)

@@ -1,15 +1,21 @@
 """Where metrics go. ``metrics.jsonl`` and ``samples.jsonl`` in the run directory always; other
-sinks (TensorBoard, W&B, MLflow) are optional and added by name."""
+sinks (TensorBoard, W&B, MLflow) are optional and added by name (``metric_sinks``), with their
+options as config fields (``SinkOptions``, shared by every training config)."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import importlib
+import importlib.util
 import json
+import logging
 import math
+import sys
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-from tether.errors import TetherError
+from tether.errors import ConfigError, TetherError
 
 
 class MetricSink(Protocol):
@@ -98,6 +104,56 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+# ---- options, checked when the config is parsed ------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SinkOptions:
+    """The metric-sink fields of every training config (sft, train-rm, dpo, ppo and its
+    variants); a config class inherits them and calls ``super().__post_init__()``."""
+
+    metric_sinks: list[str] | str | None = None  # extra sinks: tensorboard, wandb, mlflow (a name, a list, or "a,b")
+    tensorboard_dir: str | None = None  # TensorBoard event files (default: <run>/tensorboard)
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"  # offline: `wandb sync <run>/wandb/offline-run-*` later
+    wandb_project: str = "tether"
+    wandb_entity: str | None = None  # W&B team or user (default: your default entity)
+    mlflow_tracking_uri: str | None = None  # default: sqlite:///<run>/mlflow.db; or http://host:5000, databricks, ...
+    mlflow_experiment: str = "tether"
+
+    def __post_init__(self) -> None:
+        # normalised here, once: "tensorboard" and "tensorboard,wandb" mean the lists
+        object.__setattr__(self, "metric_sinks", check_sink_names(self.metric_sinks))
+
+
+SINK_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}  # sink -> module to find
+
+
+def check_sink_names(names: list[str] | str | None) -> list[str] | None:
+    """The sink names as a lower-case list without duplicates ("jsonl" dropped: always on).
+    A ConfigError for an unknown name or a package that is not installed, so both are
+    reported before a run directory is made or a model loaded."""
+    if names is None:
+        return None
+    raw = names.split(",") if isinstance(names, str) else list(names)
+    out: list[str] = []
+    for item in raw:
+        name = str(item).strip().lower()
+        if name in ("", "jsonl") or name in out:
+            continue
+        if name not in SINK_PACKAGES:
+            raise ConfigError(f"unknown metric sink '{item}': choose from {', '.join(['jsonl', *SINK_PACKAGES])}")
+        if not _installed(SINK_PACKAGES[name]):
+            raise ConfigError(f"metric sink '{name}' needs the '{name}' package: pip install 'tether[{name}]'")
+        out.append(name)
+    return out
+
+
+def _installed(module: str) -> bool:
+    if module in sys.modules:  # imported already (or blocked: None)
+        return sys.modules[module] is not None
+    return importlib.util.find_spec(module) is not None
+
+
 # ---- optional sinks -----------------------------------------------------------------------
 # Each imports its package lazily (architecture principle 7: optional services at the edge),
 # and raises a TetherError naming the extra to install when the package is missing.
@@ -183,19 +239,39 @@ class WandbSink:
         self.run.finish()
 
 
+@contextlib.contextmanager
+def _quiet_loggers(*names: str):
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 class MlflowSink:
-    """MLflow. A local file store at ``RUN_DIR/mlruns`` by default (config
-    ``mlflow_tracking_uri`` to change it; ``mlflow ui --backend-store-uri RUN_DIR/mlruns`` to
-    browse); experiment from config ``mlflow_experiment`` (default "tether")."""
+    """MLflow. A SQLite store at ``RUN_DIR/mlflow.db`` by default (MLflow 3 refuses a plain
+    file store unless told to allow it; ``mlflow ui --backend-store-uri sqlite:///RUN_DIR/mlflow.db``
+    to browse); config ``mlflow_tracking_uri`` for a server or another store, and
+    ``mlflow_experiment`` (default "tether")."""
 
     # MLflow rejects parameter values past a length limit (500 chars in older servers)
     MAX_PARAM_CHARS = 250
 
     def __init__(self, run_dir: Path, config: dict[str, Any]):
         self.mlflow = _import_optional("mlflow", "mlflow", "MLflow")
-        uri = config.get("mlflow_tracking_uri") or (Path(run_dir) / "mlruns").resolve().as_uri()
+        run_dir = Path(run_dir).resolve()
+        uri = config.get("mlflow_tracking_uri") or f"sqlite:///{run_dir / 'mlflow.db'}"
+        experiment = config.get("mlflow_experiment") or "tether"
         self.mlflow.set_tracking_uri(uri)
-        self.mlflow.set_experiment(config.get("mlflow_experiment", "tether"))
+        with _quiet_loggers("mlflow", "alembic"):  # a new database logs its table creation at INFO
+            if not config.get("mlflow_tracking_uri") and self.mlflow.get_experiment_by_name(experiment) is None:
+                # artifacts beside the database, not in ./mlruns of whatever folder the run started in
+                self.mlflow.create_experiment(experiment, artifact_location=(run_dir / "mlartifacts").as_uri())
+            self.mlflow.set_experiment(experiment)
         self.mlflow.start_run(run_name=_run_name(run_dir, config))
         params = {k: str(v)[: self.MAX_PARAM_CHARS] for k, v in _flatten(config).items()}
         if params:
@@ -211,14 +287,14 @@ class MlflowSink:
 OPTIONAL_SINKS: dict[str, type] = {"tensorboard": TensorBoardSink, "wandb": WandbSink, "mlflow": MlflowSink}
 
 
-def make_sinks(names: list[str], run_dir: Path, config: dict[str, Any]) -> list[MetricSink]:
+def make_sinks(names: list[str] | str, run_dir: Path, config: dict[str, Any]) -> list[MetricSink]:
     """The optional sinks named in ``names`` (case-insensitive; "jsonl" is accepted and
     skipped: RunLogger always writes metrics.jsonl). ``config`` is the resolved run config,
-    logged as hyper-parameters; it also carries the sinks' own keys (see each class).
-    Raises TetherError for an unknown name or a missing package."""
+    logged as hyper-parameters; it also carries the sinks' own keys (``SinkOptions``).
+    Raises TetherError for an unknown name, a missing package, or a sink that fails to start."""
     sinks: list[MetricSink] = []
     seen: set[str] = set()
-    for raw in names:
+    for raw in names.split(",") if isinstance(names, str) else names:
         name = str(raw).strip().lower()
         if name in ("", "jsonl") or name in seen:
             continue
@@ -228,8 +304,11 @@ def make_sinks(names: list[str], run_dir: Path, config: dict[str, Any]) -> list[
         seen.add(name)
         try:
             sinks.append(OPTIONAL_SINKS[name](Path(run_dir), dict(config or {})))
-        except TetherError:
+        except Exception as exc:
             for sink in sinks:  # do not leave half-opened runs behind
                 sink.close()
-            raise
+            if isinstance(exc, TetherError):
+                raise
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            raise TetherError(f"the {name} metric sink failed to start: {type(exc).__name__}: {first_line}") from None
     return sinks

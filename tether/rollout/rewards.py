@@ -7,7 +7,6 @@ simulated humans, unit tests). Prompts are passed as text (the last user message
 
 from __future__ import annotations
 
-import importlib
 from typing import Callable, Protocol
 
 import torch
@@ -16,6 +15,7 @@ from tether.data.templates import prompt_text
 from tether.errors import TetherError
 from tether.models.forward import build_inputs
 from tether.types import Rollout
+from tether.utils.imports import load_function as load_user_function
 
 
 class RewardSource(Protocol):
@@ -24,18 +24,8 @@ class RewardSource(Protocol):
 
 
 def load_function(spec: str, what: str = "reward function") -> Callable:
-    """Import ``module:function``; errors say which part failed."""
-    if ":" not in spec:
-        raise TetherError(f"{what} must look like module:function, got {spec!r}")
-    module_name, func_name = spec.split(":", 1)
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise TetherError(f"{what} {spec}: cannot import module {module_name!r}: {exc}") from None
-    fn = getattr(module, func_name, None)
-    if not callable(fn):
-        raise TetherError(f"{what} {spec}: module {module_name!r} has no function {func_name!r}")
-    return fn
+    """Import ``module:function`` (the current folder included); errors say which part failed."""
+    return load_user_function(spec, what)
 
 
 class FunctionReward:

@@ -24,9 +24,13 @@ def sample_responses(
     top_p: float = 1.0,
     precision: str = "fp32",
     on_batch=None,
-) -> list[list[str]]:
+    return_truncated: bool = False,
+):
     """``k`` sampled responses for each prompt (a list of k strings per prompt). The model is
-    loaded once; ``on_batch(n_prompts)`` is called after each generate call (progress bars)."""
+    loaded once; ``on_batch(n_prompts)`` is called after each generate call (progress bars).
+    With ``return_truncated`` also which responses were cut off at ``max_new_tokens``
+    (``(texts, truncated)``, both lists of k per prompt): labeling tasks record it so the reward
+    model never learns on an EOS the policy did not generate."""
     dev = resolve_device(device)
     tokenizer = load_tokenizer(model)
     policy = load_causal_lm(model, dev).eval()
@@ -34,6 +38,7 @@ def sample_responses(
     settings = SamplingSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
     torch.manual_seed(seed)
     out: list[list[str]] = []
+    cut: list[list[bool]] = []
     per_call = max(batch_size // k, 1)
     for start in range(0, len(prompts), per_call):
         rows = range(start, min(start + per_call, len(prompts)))
@@ -42,6 +47,8 @@ def sample_responses(
         with autocast(dev, precision):
             rollout = generate_rollout(policy, tokenizer, batch_prompts, batch_ids, settings, group_size=k)
         out.extend(rollout.responses[j : j + k] for j in range(0, len(rollout.responses), k))
+        ended = rollout.ended_with_eos.tolist()
+        cut.extend([not e for e in ended[j : j + k]] for j in range(0, len(ended), k))
         if on_batch is not None:
             on_batch(len(rows))
-    return out
+    return (out, cut) if return_truncated else out

@@ -17,7 +17,7 @@ How it fits the trainer (docs/scaling.md, "vLLM rollouts"):
   vLLM reloads them in place with ``collective_rpc("reload_weights", weights_path=...,
   is_checkpoint_format=True)``. That is vLLM's own reload path (it re-runs the kernel-format
   processing per layer); calling ``model.load_weights`` on the loaded model does not work on
-  vLLM's CPU backend, whose linear layers hold repacked weights (issue 9), and tensors cannot
+  vLLM's CPU backend, whose linear layers hold repacked weights, and tensors cannot
   travel through ``collective_rpc``'s arguments to the engine process (its msgpack decoder
   returns them as raw buffers). One repair follows (``WorkerExtension``, run in vLLM's worker
   through ``collective_rpc``): with tied embeddings the LM head loads no tensor of its own,

@@ -38,6 +38,7 @@ from tether.models.forward import policy_forward
 from tether.models.loading import freeze, load_causal_lm
 from tether.models.registry import resolve_model
 from tether.ops.losses import dpo_loss
+from tether.reporting.sinks import SinkOptions
 from tether.train.reward_model import start_preference_run
 from tether.utils.precision import autocast
 from tether.train.run_dir import save_pretrained_atomic
@@ -49,7 +50,7 @@ DPO_STATS = ("rewards/chosen", "rewards/rejected", "rewards/accuracy", "rewards/
 
 
 @dataclass(frozen=True)
-class DPOConfig:
+class DPOConfig(SinkOptions):
     algorithm: ClassVar[str] = "dpo"  # run directory prefix: runs/dpo-<timestamp>
     # --- models -------------------------------------------------------------------------------
     model: str = "tiny-llama"  # policy init: folder, .gguf file, or alias (smollm2, tiny-llama); usually the SFT model
@@ -91,9 +92,10 @@ class DPOConfig:
     run_name: str | None = None  # default: dpo-<timestamp>
     overwrite: bool = False  # replace an existing run of the same name (its reference cache is kept)
     quiet: bool = False  # no progress bar (CI)
-    metric_sinks: list[str] | None = None  # extra sinks: tensorboard, wandb, mlflow
+    # metric_sinks and the sinks' options: inherited from SinkOptions (tether/reporting/sinks.py)
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # the metric-sink fields
         if not self.data:
             raise ConfigError('field "data" is required: a preference file (prompt/chosen/rejected or rankings)')
         validate_common(self)
@@ -220,7 +222,7 @@ def train_dpo(config: DPOConfig) -> Path:
                 for name, value in stats.items():
                     sums[name] = sums.get(name, 0.0) + value.item() * share
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            if guarded_step(optimizer, scheduler, total_loss, grad_norm, run, step):
+            if guarded_step(optimizer, scheduler, total_loss, grad_norm, run, step, {"policy": model}):
                 metrics = {"train/loss": total_loss.item(), **sums, "train/grad_norm": float(grad_norm),
                            "train/lr": scheduler.get_last_lr()[0]}
             else:
@@ -236,7 +238,6 @@ def train_dpo(config: DPOConfig) -> Path:
 
     if stop.requested:
         run.stopped(stop.requested, ckpt.last_saved, f"tether dpo --config {run.path / 'config.yaml'} resume={run.path}")
-        return run.path
     model.eval()
     save_pretrained_atomic(model, run.path / "policy", tokenizer)
     run.close()

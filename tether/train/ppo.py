@@ -8,7 +8,8 @@ Each iteration reads as the algorithm (cleanrl's ppo.py is the model):
     4. advantages GAE (or the algorithm's estimator), whitened
     5. update     K epochs of minibatch steps on the clipped surrogate + value loss; then a
                   separate rollout engine (vLLM) receives the new weights
-    6. log        metrics.jsonl, samples.jsonl, progress bar; adapt β
+    6. log        metrics.jsonl, samples.jsonl, progress bar; adapt β; every ``eval_every``
+                  iterations the held-out evaluation's eval/* (tether.train.evaluation)
     7. checkpoint full state every ``checkpoint_every`` iterations, at the end, and on
                   SIGINT/SIGTERM (then stop); ``resume`` continues bit for bit (docs/reliability.md)
 
@@ -27,7 +28,7 @@ from pathlib import Path
 import torch
 
 from tether.data.templates import prompt_text
-from tether.errors import TetherError
+from tether.errors import RunStopped, TetherError
 from tether.models.loading import resolve_device
 from tether.models.lora import checkpoint_view
 from tether.ops.kl import AdaptiveKLController, FixedKLController
@@ -36,9 +37,10 @@ from tether.ops.masking import masked_mean
 from tether.ops.mismatch import logprob_mismatch, truncated_importance_weights
 from tether.rollout.engine import build_rollout_engine
 from tether.rollout.generation import SamplingSettings
-from tether.rollout.prompts import PromptStream, resolve_prompts
+from tether.rollout.prompts import PromptStream
 from tether.rollout.rewards import describe_nonfinite, is_finite
 from tether.train.algorithms import ALGORITHMS, AdvantageInputs
+from tether.train.evaluation import build_evaluator, training_and_eval_prompts
 from tether.train.ppo_config import PPOConfig, check_world_size, preflight
 from tether.train.rl_phases import run_updates, score_rollout, shape_rewards
 from tether.train.roles import build_roles
@@ -52,13 +54,17 @@ from tether.utils.signals import GracefulStop
 
 
 def train_ppo(config: PPOConfig) -> Path:
-    """Run the loop; returns the run directory (metrics, samples, checkpoints, final policy)."""
+    """Run the loop; returns the run directory (metrics, samples, checkpoints, final policy).
+    A run stopped early (SIGINT/SIGTERM, stop_on_critical) checkpoints and raises RunStopped."""
     preflight(config)  # every check that needs no model: fail in a second, not after loading
     keep_freed_host_memory()  # no page faults on each step's large buffers (tether/utils/host_memory.py)
     dist, device_spec = init_distributed(config.strategy, config.device)
     try:
         check_world_size(config, dist.world_size)
         path = _train(config, dist, resolve_device(device_spec))
+    except RunStopped:
+        shutdown_distributed(dist)  # the ranks stopped together: they meet as after a finish
+        raise
     except BaseException:
         shutdown_distributed(dist, clean=False)
         raise
@@ -71,7 +77,7 @@ def _train(config: PPOConfig, dist: DistContext, device: torch.device) -> Path:
     kl_in_loss = (config.kl_penalty if config.kl_penalty != "auto" else algorithm.default_kl_penalty) == "loss"
     seed_everything(config.seed)  # the same on every rank: identical initial weights
     resume_from = resume_checkpoint(config)  # None: a fresh run
-    prompt_list = resolve_prompts(config.prompts)
+    prompt_list, eval_list = training_and_eval_prompts(config)  # eval prompts never enter training
     run = RunDirectory.create(config, quiet=config.quiet, resume_history=resume_from and resume_from["history"],
                               write=dist.is_main)
 
@@ -94,6 +100,7 @@ def _train(config: PPOConfig, dist: DistContext, device: torch.device) -> Path:
     if dist.world_size > 1:  # per-rank sampling streams (after restore: it sets rank 0's RNG everywhere)
         seed_everything(rank_seed(config.seed + start, dist))
     engine = build_rollout_engine(config, roles, device)  # after restore: vLLM starts from the resumed weights
+    evaluator = build_evaluator(config, eval_list, roles, dist, device)  # None without eval_prompts
     # (closing: vLLM runs an engine process and keeps temporary weight files until closed)
 
     stopping = doctor_stop = False
@@ -140,8 +147,9 @@ def _train(config: PPOConfig, dist: DistContext, device: torch.device) -> Path:
             batch = TrainBatch(rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids, rollout.response_mask,
                                scored.old_logprobs, scored.ref_logprobs, advantages, returns, scored.old_values)
             # 5. update: K epochs of minibatch steps
+            critic_only = iteration <= config.critic_warmup_iterations and returns is not None
             updates = run_updates(roles, batch, algorithm, config, optimizer, scheduler, kl_ctl.value, kl_in_loss,
-                                  device, shuffle_generator, dist=dist,
+                                  device, shuffle_generator, dist=dist, critic_only=critic_only,
                                   on_skip=lambda why: run.warn(f"iteration {iteration}: {why}; step skipped"))
             t3 = time.perf_counter()
             if not engine.shares_weights and updates.steps:
@@ -157,7 +165,11 @@ def _train(config: PPOConfig, dist: DistContext, device: torch.device) -> Path:
             if not engine.shares_weights:
                 metrics["time/weight_sync_s"] = t4 - t3
             metrics = dist.mean_metrics(metrics)  # the same numbers (and the same β) on every rank
-            kl_ctl.update(metrics["objective/kl_k1"], len(rollout))
+            # this KL is the mean over ranks, so the samples behind it are the global batch's
+            # (Ziegler et al. 2019 and verl step β by the whole batch)
+            kl_ctl.update(metrics["objective/kl_k1"], len(rollout) * dist.world_size)
+            if evaluator is not None and evaluator.due(iteration):
+                metrics.update(evaluator.evaluate())  # held-out eval/* (its own RNG: training unchanged)
             run.log(iteration, metrics, progress)
             run.log_samples(iteration, _samples(scored, kl, config.log_samples))
             # 7. checkpoint when due (every N iterations, the last one, or after SIGINT/SIGTERM)
@@ -168,7 +180,6 @@ def _train(config: PPOConfig, dist: DistContext, device: torch.device) -> Path:
 
     if stopping:
         run.stopped(stop.requested or ("a critical doctor finding" if doctor_stop else "a signal to another rank"), ckpt.last_saved, f"tether ppo --resume {run.path}")
-        return run.path
     full_states = full_state_dicts(roles, dist)  # FSDP2: gathered on every rank; else None
     if dist.is_main:
         run.save_final(roles, config, full_states)
@@ -190,7 +201,7 @@ def _optimization(config: PPOConfig, roles, algorithm, device: torch.device):
         config.ppo_epochs * config.batch_size * config.samples_per_prompt // config.mini_batch_size)
     scheduler = make_scheduler(optimizer, config.lr_schedule, config.warmup_steps,
                                config.total_iterations * steps_per_iteration)
-    kl_ctl = (AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
+    kl_ctl = (AdaptiveKLController(config.kl_coef, config.kl_target, config.adaptive_kl_horizon)
               if config.kl_target is not None else FixedKLController(config.kl_coef))
     return optimizer, scheduler, kl_ctl
 
@@ -207,7 +218,9 @@ def _iteration_metrics(scored, kl, returns, kl_coef, updates, optimizer, config,
                        tis_weights=None) -> dict[str, float]:
     rollout = scored.rollout
     mask = rollout.response_mask
-    kl_k1 = kl.sum(1) if config.kl_estimator == "k1" else (scored.old_logprobs - scored.ref_logprobs).mul(mask).sum(1)
+    # kl: (B, R) per-token KL of the configured estimator (shape_rewards); k1 and k3 are logged
+    # whatever it is, so runs with different estimators compare on the same scales
+    kl_k1 = (scored.old_logprobs - scored.ref_logprobs).mul(mask).sum(1)
     kl_k3 = (torch.expm1(scored.ref_logprobs - scored.old_logprobs) - (scored.ref_logprobs - scored.old_logprobs)).mul(mask).sum(1)
     generate_s, score_s, update_s, total_s = timings
     n_tokens = mask.sum().item()
@@ -217,7 +230,8 @@ def _iteration_metrics(scored, kl, returns, kl_coef, updates, optimizer, config,
         "objective/kl_k1": kl_k1.mean().item(),
         "objective/kl_k3": kl_k3.mean().item(),
         "objective/kl_coef": kl_coef,
-        "objective/rlhf_reward": (scored.scores - kl_coef * kl_k1).mean().item(),
+        # the objective the policy is trained on: score - β·KL with the KL the reward was shaped with
+        "objective/rlhf_reward": (scored.scores - kl_coef * kl.sum(1)).mean().item(),
         "policy/entropy": masked_mean(scored.entropy, mask).item(),
         "rollout/response_length": rollout.response_lengths.float().mean().item(),
         "rollout/eos_fraction": rollout.ended_with_eos.float().mean().item(),

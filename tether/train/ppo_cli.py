@@ -41,9 +41,15 @@ def _run(args: argparse.Namespace) -> int:
     if not any(o.startswith("algorithm=") for o in overrides):
         overrides.insert(0, f"algorithm={args.algorithm}")
     config = load_config(PPOConfig, args.config, overrides)
-    run_dir = train_ppo(config)
-    print(f"run written to {run_dir}")
+    _done(train_ppo(config))
     return 0
+
+
+def _done(run_dir) -> None:
+    from tether.utils.distributed import is_rank_zero
+
+    if is_rank_zero():  # under torchrun every rank returns here; one line for the run
+        print(f"run written to {run_dir}")
 
 
 def _resume(run_dir: str, overrides: list[str]) -> int:
@@ -61,5 +67,5 @@ def _resume(run_dir: str, overrides: list[str]) -> int:
             raise ConfigError(f"--resume keeps the run's config; only {', '.join(RESUME_OVERRIDES)} may change, "
                               f"not '{override}' (start a new run for that)")
     config = load_config(PPOConfig, config_path, [*overrides, f"resume={run_dir}"])
-    print(f"run written to {train_ppo(config)}")
+    _done(train_ppo(config))
     return 0

@@ -9,12 +9,13 @@ from typing import Literal
 
 from tether.errors import ConfigError, TetherError
 from tether.ops.losses import Aggregation
+from tether.reporting.sinks import SinkOptions
 
 Algorithm = Literal["ppo", "a2c", "grpo", "dr_grpo", "rloo", "reinforce_pp"]
 
 
 @dataclass(frozen=True)
-class PPOConfig:
+class PPOConfig(SinkOptions):
     # --- models -------------------------------------------------------------------------------
     policy: str = "tiny-llama"  # causal LM: folder, .gguf file, or alias (smollm2, tiny-llama); also π_ref
     reference: str | None = None  # frozen reference; default: the policy's starting weights
@@ -24,7 +25,12 @@ class PPOConfig:
     critic_model: str | None = None  # init of a separate critic; default: the reward model, else the policy
     # --- data ---------------------------------------------------------------------------------
     prompts: str = "builtin:tiny"  # prompts file (.jsonl with "prompt", .json, .txt) or builtin:tiny|builtin:demo
-    eval_prompts: str | None = None  # held-out prompts for the final evaluation (optional)
+    # held-out prompts, evaluated every eval_every iterations and after the last: eval/* rows of
+    # metrics.jsonl (score, gold, win rate over the reference, KL, length, EOS; tether/train/evaluation.py).
+    # Training prompts that are also eval prompts are left out of training. null: no evaluation
+    eval_prompts: str | None = None
+    eval_every: int = 5  # iterations between evaluations (the last iteration is always evaluated)
+    gold: str | None = None  # optional true-quality score module:function(prompt, response) -> float, logged as eval/gold_score_mean
     chat_template: bool | Literal["auto"] = "auto"  # wrap prompts in the tokenizer's chat template
     max_prompt_tokens: int = 256  # longer prompts are cut from the left (keeping the end)
     # --- algorithm ----------------------------------------------------------------------------
@@ -42,13 +48,23 @@ class PPOConfig:
     clip_eps_high: float | None = None  # upper clip (DAPO's clip-higher); default ε
     value_clip_eps: float = 0.2  # value clip ε_v; 0 disables
     vf_coef: float = 0.1  # weight of the value loss in the total loss
+    # iterations at the start that train only the critic while the policy waits (verl's
+    # critic_warmup, OpenRLHF's freezing_actor_steps): a critic initialised from the reward model
+    # scores whole responses, not the states before each token, and its first advantages are noise
+    critic_warmup_iterations: int = 0
     whiten_advantages: bool = True  # mean 0 / std 1 over the batch's real tokens
     whiten_rewards: bool = False  # scale per-token rewards to unit variance before GAE
     loss_aggregation: Aggregation = "token-mean"  # how per-token losses become one number
     # --- KL to the reference --------------------------------------------------------------------
     kl_coef: float = 0.05  # β (initial value when adaptive)
     kl_target: float | None = None  # set for the adaptive controller (Ziegler et al. 2019), per-response nats
-    kl_horizon: int = 10000  # adaptive controller horizon, in samples
+    # Adaptive controller horizon H, in samples (Ziegler et al. 2019, eq. 2). An iteration of n
+    # samples moves β by at most a factor 1 ± 0.2·n/H, so a run of N samples by up to e^(±0.2·N/H).
+    # null: H = N/4 (N = total_iterations x batch_size x samples_per_prompt), so a KL kept off target
+    # can move β up to e^0.8 ≈ 2.2x either way over a run of any length, and one update never takes
+    # β to 0 or below. The demo's 25 x 16 = 400 samples get H = 100; the usual fixed H = 10,000 would
+    # move β at most 0.8% over them. Set a number for a fixed horizon (docs/algorithms.md).
+    kl_horizon: int | None = None
     kl_penalty: Literal["reward", "loss", "auto"] = "auto"  # where β·KL goes; auto: per algorithm
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"  # estimator in the reward (the loss always uses k3)
     # --- rewards ------------------------------------------------------------------------------
@@ -78,8 +94,8 @@ class PPOConfig:
     log_samples: int = 4  # sample generations written per iteration
     save_critic: bool = True
     quiet: bool = False  # no progress bar (CI)
+    # metric_sinks and the sinks' options: inherited from SinkOptions (tether/reporting/sinks.py)
     stop_on_critical: bool = False  # checkpoint and stop when the live doctor finds a critical failure
-    metric_sinks: list[str] | None = None  # extra sinks: tensorboard, wandb, mlflow
     # --- scaling and memory (docs/scaling.md) -----------------------------------------------------
     strategy: Literal["auto", "none", "ddp", "fsdp2"] = "auto"  # under torchrun; auto: none for 1 process, else ddp
     lora_r: int = 0  # LoRA rank of the policy's adapters (PEFT); 0 = full fine-tune. Reference = adapters off
@@ -96,10 +112,15 @@ class PPOConfig:
     resume: str | None = None  # "auto": continue <output_dir>/<run_name> if it has a checkpoint; or a run dir
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # the metric-sink fields
         if (self.reward_model is None) == (self.reward_function is None):
             raise ConfigError("set exactly one of reward_model (a folder) or reward_function (module:function)")
+        if self.gold is not None and self.eval_prompts is None:
+            raise ConfigError('field "gold" scores the evaluation: set eval_prompts (held-out prompts) too')
+        if self.critic_warmup_iterations < 0:
+            raise ConfigError(f'field "critic_warmup_iterations" must be >= 0, got {self.critic_warmup_iterations}')
         positive = ("total_iterations", "batch_size", "samples_per_prompt", "ppo_epochs", "mini_batch_size",
-                    "micro_batch_size", "forward_batch_size", "max_new_tokens")
+                    "micro_batch_size", "forward_batch_size", "max_new_tokens", "eval_every")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f'field "{name}" must be >= 1, got {getattr(self, name)}')
@@ -124,6 +145,8 @@ class PPOConfig:
                 raise ConfigError(f'field "{name}" must be >= 0')
         if self.kl_target is not None and self.kl_target <= 0:
             raise ConfigError('field "kl_target" must be > 0 (or null for a fixed β)')
+        if self.kl_horizon is not None and self.kl_horizon < 1:
+            raise ConfigError('field "kl_horizon" must be >= 1 (or null: a quarter of the run\'s samples)')
         if self.checkpoint_every < 0:
             raise ConfigError('field "checkpoint_every" must be >= 0 (0 = only on interrupt)')
         if self.keep_checkpoints < 1:
@@ -147,6 +170,14 @@ class PPOConfig:
         if self.rollout_engine == "vllm" and self.lora_r:
             raise ConfigError("rollout_engine=vllm with lora_r > 0 is not supported yet (vLLM would need the merged "
                               "weights after every update); use rollout_engine=hf")
+
+    @property
+    def adaptive_kl_horizon(self) -> int:
+        """``kl_horizon``, or by default a quarter of the run's samples, rounded up (so an update of
+        n = N/T samples has 0.2·n/H <= 0.8/T < 1 and leaves β positive)."""
+        if self.kl_horizon is not None:
+            return self.kl_horizon
+        return math.ceil(self.total_iterations * self.batch_size * self.samples_per_prompt / 4)
 
 
 def check_world_size(config: PPOConfig, world_size: int) -> None:
@@ -190,6 +221,8 @@ def preflight(config: PPOConfig) -> None:
                 raise ConfigError(f'field "{name}": {exc}') from None
     if config.reward_function is not None:
         load_function(config.reward_function)
+    if config.gold is not None:
+        load_function(config.gold, "gold function")
     if config.rollout_engine == "vllm":
         import importlib.util
 

@@ -16,7 +16,9 @@ normalised.
 
 from __future__ import annotations
 
+import json
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal, Sequence
@@ -37,19 +39,21 @@ from tether.data.preferences import PreferenceData, load_preferences, prompt_key
 from tether.data.templates import ChatTemplateMode, Prompt, encode_response
 from tether.errors import ConfigError, TetherError
 from tether.models.loading import load_tokenizer, resolve_device
-from tether.models.scalar_head import ScalarHeadModel
+from tether.models.scalar_head import ScalarHeadModel, export_reward_model
 from tether.ops.losses import bradley_terry_loss
+from tether.reporting.sinks import SinkOptions
 from tether.utils.precision import autocast
-from tether.train.run_dir import RunDirectory, resume_checkpoint, save_pretrained_atomic
-from tether.train.sft import epoch_batches, guarded_step, make_optimizer, planned_steps, report, validate_common
+from tether.train.run_dir import RunDirectory, resume_checkpoint, save_pretrained_atomic, write_atomic
+from tether.train.sft import guarded_step, make_optimizer, report, validate_common
 from tether.utils.checkpoint import Checkpointer
 from tether.utils.host_memory import keep_freed_host_memory
 from tether.utils.seeding import seed_everything
 from tether.utils.signals import GracefulStop
+from tether.utils.stats import grouped_accuracy_ci
 
 
 @dataclass(frozen=True)
-class RewardModelConfig:
+class RewardModelConfig(SinkOptions):
     algorithm: ClassVar[str] = "rm"  # run directory prefix: runs/rm-<timestamp>
     # --- model --------------------------------------------------------------------------------
     model: str = "tiny-llama"  # init: any causal LM / encoder (a fresh scalar head), or an earlier reward model
@@ -78,8 +82,15 @@ class RewardModelConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     eval_every: int = 50  # steps between held-out accuracy / margin evaluations
+    evals_per_epoch: int | None = None  # instead of eval_every: this many evaluations per pass over the data
+    # keep the weights of the evaluation with the lowest held-out loss (early stopping on the
+    # held-out prompts; their accuracy is then slightly optimistic, having chosen the step)
+    keep_best: bool = False
     # --- normalisation ------------------------------------------------------------------------
-    normalize: Literal["chosen", "policy", "none"] = "chosen"  # reference set for mean 0 / std 1
+    # reference set for mean 0 / std 1: the data's chosen responses; every response in the data
+    # ("responses": the labeling policy's samples, i.e. π_ref when tasks were sampled from the
+    # SFT policy); fresh samples of a policy ("policy"); or none
+    normalize: Literal["chosen", "responses", "policy", "none"] = "chosen"
     reference_policy: str | None = None  # normalize=policy: model sampled for reference responses (default: model)
     reference_prompts: str | None = None  # normalize=policy: prompts file (default: the training prompts)
     normalize_samples: int = 256  # reference responses used to fit gain and bias
@@ -91,17 +102,20 @@ class RewardModelConfig:
     output_dir: str = "runs"
     run_name: str | None = None  # default: rm-<timestamp>
     quiet: bool = False  # no progress bar (CI)
-    metric_sinks: list[str] | None = None  # extra sinks: tensorboard, wandb, mlflow
+    # metric_sinks and the sinks' options: inherited from SinkOptions (tether/reporting/sinks.py)
     checkpoint_every: int = 0  # full-state checkpoint every N steps; 0 = only on SIGINT/SIGTERM
     keep_checkpoints: int = 2  # newest checkpoints kept in <run>/checkpoints
     resume: str | None = None  # "auto": continue <output_dir>/<run_name> from its checkpoint; or a run dir
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # the metric-sink fields
         if not self.data:
             raise ConfigError('field "data" is required: a preference file (prompt/chosen/rejected or rankings)')
         validate_common(self)
         if self.trainable_layers is not None and self.trainable_layers < 0:
             raise ConfigError(f'field "trainable_layers" must be >= 0 (or null to train every block), got {self.trainable_layers}')
+        if self.evals_per_epoch is not None and self.evals_per_epoch < 1:
+            raise ConfigError(f'field "evals_per_epoch" must be >= 1 (or null: use eval_every), got {self.evals_per_epoch}')
         if self.normalize_samples < 2:
             raise ConfigError('field "normalize_samples" must be >= 2 (a std needs two scores)')
 
@@ -151,16 +165,19 @@ def train_reward_model(config: RewardModelConfig) -> Path:
     if config.trainable_layers is not None:
         model.train_top_layers(config.trainable_layers)
     model.train()
-    total_steps = planned_steps(len(train_items), config)
+    steps_per_epoch = len(prompt_batches(train_items, config.batch_size))
+    total_steps = config.max_steps or steps_per_epoch * config.epochs
+    eval_every = max(1, steps_per_epoch // config.evals_per_epoch) if config.evals_per_epoch else config.eval_every
     optimizer, scheduler = make_optimizer([p for p in model.parameters() if p.requires_grad], config, total_steps)
     collate = lambda items: collate_pairs(items, pad_id)  # noqa: E731
 
+    best = BestWeights()
     ckpt = Checkpointer(run.path, config.checkpoint_every, config.keep_checkpoints, total_steps,
                         modules={"model": model}, stateful={"optimizer": optimizer, "scheduler": scheduler})
     start = ckpt.restore(resume_from)[0] if resume_from else 0
 
     with run.progress(total_steps - start, "reward model") as progress, GracefulStop("the current step") as stop:
-        for step, batch in enumerate(epoch_batches(train_items, collate, config, total_steps), start=1):
+        for step, batch in enumerate(ranked_batches(train_items, collate, config, total_steps), start=1):
             if step <= start:
                 continue  # resumed: the batch order is a function of (seed, epoch), so skipping restores it
             with autocast(device, config.precision):
@@ -169,12 +186,15 @@ def train_reward_model(config: RewardModelConfig) -> Path:
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             metrics = {"guard/skipped": 1.0}
-            if guarded_step(optimizer, scheduler, loss, grad_norm, run, step):
+            if guarded_step(optimizer, scheduler, loss, grad_norm, run, step, {"reward model": model}):
                 metrics = {"train/loss": loss.item(), "train/accuracy": stats["accuracy"].item(),
                            "train/margin": stats["margin"].item(), "train/grad_norm": float(grad_norm),
                            "train/lr": scheduler.get_last_lr()[0]}
-            if eval_items and (step % config.eval_every == 0 or step == total_steps):
-                metrics.update({f"eval/{k}": v for k, v in evaluate_pairs(model, eval_items, pad_id, config).items()})
+            if eval_items and (step % eval_every == 0 or step == total_steps):
+                held_out = evaluate_pairs(model, eval_items, pad_id, config)
+                metrics.update({f"eval/{k}": v for k, v in held_out.items()})
+                if config.keep_best:
+                    best.offer(step, held_out["loss"], model)
             run.log(step, metrics)
             progress.advance(1, loss=metrics.get("train/loss", float("nan")), acc=metrics.get("train/accuracy", 0.0))
             if ckpt.end_of_iteration(step, {}, run.history, stop.requested):
@@ -182,15 +202,29 @@ def train_reward_model(config: RewardModelConfig) -> Path:
 
     if stop.requested:
         run.stopped(stop.requested, ckpt.last_saved, f"tether train-rm --config {run.path / 'config.yaml'} resume={run.path}")
-        return run.path / "reward_model"
+    if best.step is not None and best.step != total_steps:
+        best.restore(model)
+        print(f"reward model: kept the weights of step {best.step} (lowest held-out loss {best.loss:.4f})",
+              file=sys.stderr)
     model.eval()
+    if eval_items:
+        verdict = judge_accuracy(model, eval_items, pad_id, config, best.step or total_steps)
+        write_atomic(run.path / "rm_verdict.json", json.dumps(verdict.to_json(), indent=2) + "\n")
+        run.logger.log(total_steps, {"eval/final_accuracy": verdict.accuracy, "eval/accuracy_ci_low": verdict.ci95[0],
+                                     "eval/accuracy_ci_high": verdict.ci95[1],
+                                     "eval/rm_learned": float(verdict.learned)})
+        if not verdict.learned:
+            run.warn(verdict.describe())
+        elif not config.quiet:
+            print(verdict.describe(), file=sys.stderr)
     if config.normalize != "none":
-        prompts, responses = reference_set(config, train_data, tokenizer, device)
+        prompts, responses, truncated = reference_set(config, train_data, tokenizer, device)
         gain, bias = fit_normalization(model, tokenizer, prompts, responses, config.batch_size * 2,
-                                       config.chat_template, config.max_length)
+                                       config.chat_template, config.max_length, truncated)
         model.set_normalization(gain, bias)
         model.config.tether_normalization = {"reference": config.normalize, "samples": len(responses)}
         run.logger.log(total_steps, {"normalize/gain": gain, "normalize/bias": bias})
+    export_reward_model(model, tokenizer)  # plain transformers then scores as tether does
     save_pretrained_atomic(model, run.path / "reward_model", tokenizer)
     run.close()
     return run.path / "reward_model"
@@ -205,11 +239,107 @@ def preference_loss(model: ScalarHeadModel, batch: PreferenceBatch, config: Rewa
 
 
 def pair_scores(model: ScalarHeadModel, batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(r(x, y_w), r(x, y_l)), each (N,), normalised with the model's current gain and bias."""
-    joint = batch.joint()  # (2N rows: chosen, then rejected)
-    inputs = joint.inputs()
-    scores = model.sequence_scores(inputs, joint.last_index(inputs))  # (2N,)
-    return scores[: len(batch)], scores[len(batch):]
+    """(r(x, y_w), r(x, y_l)), each (N,), normalised with the model's current gain and bias.
+    Each distinct (prompt, response) is scored once however many pairs it is in."""
+    rows, chosen, rejected = batch.unique_joint()
+    inputs = rows.inputs()
+    scores = model.sequence_scores(inputs, rows.last_index(inputs))  # (distinct rows,)
+    return scores[chosen], scores[rejected]
+
+
+def prompt_batches(items: Sequence[TokenizedPair], batch_size: int, seed: int | None = None) -> list[list[int]]:
+    """Item indices grouped by prompt, then packed into batches of whole prompts holding about
+    ``batch_size`` pairs each (prompts in a seeded shuffled order when ``seed`` is given). The
+    C(K,2) pairs of one prompt's responses train together, as a single batch element (Ouyang et
+    al. 2022, InstructGPT, sec. 3.5: it avoids overfitting to responses seen in many pairs), and
+    each of the K responses is scored once per step."""
+    by_prompt: dict[int, list[int]] = {}
+    for i, item in enumerate(items):
+        by_prompt.setdefault(item.group, []).append(i)
+    groups = list(by_prompt.values())
+    if seed is not None:
+        random.Random(seed).shuffle(groups)
+    prompts_per_batch = max(1, round(batch_size * len(groups) / max(len(items), 1)))
+    return [sum(groups[i : i + prompts_per_batch], []) for i in range(0, len(groups), prompts_per_batch)]
+
+
+def ranked_batches(items: Sequence[TokenizedPair], collate, config, total_steps: int):
+    """Batches of whole prompts (``prompt_batches``), in a new order each epoch, until
+    ``total_steps`` batches were given. The order is a function of (seed, epoch): a resumed run
+    skips to where it stopped."""
+    given, epoch = 0, 0
+    while given < total_steps:
+        for batch in prompt_batches(items, config.batch_size, config.seed + epoch):
+            yield collate([items[i] for i in batch])
+            given += 1
+            if given == total_steps:
+                return
+        epoch += 1
+
+
+class BestWeights:
+    """A CPU copy of the trainable weights at the evaluation with the lowest held-out loss."""
+
+    def __init__(self):
+        self.step: int | None = None
+        self.loss = float("inf")
+        self.state: dict[str, torch.Tensor] = {}
+
+    def offer(self, step: int, loss: float, model: torch.nn.Module) -> None:
+        if loss < self.loss:
+            self.step, self.loss = step, loss
+            self.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+    def restore(self, model: torch.nn.Module) -> None:
+        model.load_state_dict(self.state)
+
+
+# fewer held-out prompts than this cannot show a reward model above chance
+MIN_JUDGED_PROMPTS = 8
+
+
+@dataclass(frozen=True)
+class AccuracyVerdict:
+    """Did the reward model learn the labels? Held-out accuracy against chance, with the 95%
+    interval from resampling held-out prompts."""
+
+    accuracy: float
+    ci95: tuple[float, float]
+    pairs: int
+    prompts: int
+    step: int  # the step whose weights were judged
+
+    @property
+    def learned(self) -> bool:
+        """The interval lies wholly above chance (0.5), from enough held-out prompts for the
+        interval to mean something (a handful of prompts resample to a too-narrow one)."""
+        return self.ci95[0] > 0.5 and self.prompts >= MIN_JUDGED_PROMPTS
+
+    def to_json(self) -> dict:
+        return {"accuracy": self.accuracy, "ci95": list(self.ci95), "pairs": self.pairs, "prompts": self.prompts,
+                "step": self.step, "learned": self.learned}
+
+    def describe(self) -> str:
+        interval = f"{self.accuracy:.1%} [{self.ci95[0]:.1%}, {self.ci95[1]:.1%}]"
+        if self.prompts < MIN_JUDGED_PROMPTS:
+            return (f"reward model held-out accuracy {interval} on {self.pairs} pairs from only {self.prompts} "
+                    f"prompts is not above chance (50%) by any measure that {self.prompts} prompts allow: hold "
+                    f"out at least {MIN_JUDGED_PROMPTS} prompts (more labeled prompts, or a larger eval_fraction)")
+        if self.learned:
+            return f"reward model held-out accuracy {interval} on {self.pairs} pairs from {self.prompts} prompts: above chance"
+        return (f"reward model held-out accuracy {interval} on {self.pairs} pairs from {self.prompts} prompts is not "
+                "above chance (50%): it has not learned the labels, and optimising it would steer the policy by "
+                "noise. Collect more comparisons (or fewer ties), check that the labels are consistent, or train "
+                "longer (epochs, learning_rate)")
+
+
+def judge_accuracy(model: ScalarHeadModel, items: Sequence[TokenizedPair], pad_id: int, config,
+                   step: int) -> AccuracyVerdict:
+    chosen, rejected = score_all_pairs(model, items, pad_id, config.batch_size * 2, config.precision)
+    correct = ((chosen > rejected).float() + 0.5 * (chosen == rejected).float()).tolist()
+    weights = [it.weight for it in items] if config.ranking_weighting == "per-prompt" else None
+    accuracy, lo, hi = grouped_accuracy_ci(correct, [it.group for it in items], weights, seed=config.seed)
+    return AccuracyVerdict(accuracy, (lo, hi), len(items), len({it.group for it in items}), step)
 
 
 @torch.no_grad()
@@ -253,11 +383,11 @@ def load_preference_splits(config: RewardModelConfig) -> tuple[PreferenceData, P
 @torch.no_grad()
 def fit_normalization(model: ScalarHeadModel, tokenizer, prompts: Sequence[Prompt], responses: Sequence[str],
                       batch_size: int = 16, chat_template: ChatTemplateMode = "auto",
-                      max_length: int = 1024) -> tuple[float, float]:
+                      max_length: int = 1024, truncated: Sequence[bool] | None = None) -> tuple[float, float]:
     """Gain and bias that map the raw scores of these (prompt, response) pairs to mean 0 and
     std 1: normalised = raw · gain + bias, gain = 1/std, bias = -mean/std. The model itself is
     not changed; apply the result with ``model.set_normalization(gain, bias)``."""
-    raw = raw_scores(model, tokenizer, prompts, responses, batch_size, chat_template, max_length)
+    raw = raw_scores(model, tokenizer, prompts, responses, batch_size, chat_template, max_length, truncated)
     if raw.numel() < 2:
         raise TetherError(f"normalisation needs at least 2 reference responses, got {raw.numel()}")
     mean, std = raw.mean().item(), raw.std().item()
@@ -269,10 +399,14 @@ def fit_normalization(model: ScalarHeadModel, tokenizer, prompts: Sequence[Promp
 
 @torch.no_grad()
 def raw_scores(model: ScalarHeadModel, tokenizer, prompts: Sequence[Prompt], responses: Sequence[str],
-               batch_size: int = 16, chat_template: ChatTemplateMode = "auto", max_length: int = 1024) -> torch.Tensor:
-    """Un-normalised scores r_φ(x, y) (N,) of (prompt, response) texts, tokenised as in training."""
+               batch_size: int = 16, chat_template: ChatTemplateMode = "auto", max_length: int = 1024,
+               truncated: Sequence[bool] | None = None) -> torch.Tensor:
+    """Un-normalised scores r_φ(x, y) (N,) of (prompt, response) texts, tokenised as in training
+    (a response marked truncated, cut off at a length limit, without EOS)."""
     encode = PromptEncoder(tokenizer, chat_template)
-    fitted = [truncate(encode(p), encode_response(tokenizer, r), max_length, None) for p, r in zip(prompts, responses)]
+    cut = [False] * len(responses) if truncated is None else list(truncated)
+    fitted = [truncate(encode(p), encode_response(tokenizer, r, add_eos=not c), max_length, None)
+              for p, r, c in zip(prompts, responses, cut)]
     fitted = [f for f in fitted if f is not None]
     device = next(model.parameters()).device
     was_training = model.training
@@ -288,13 +422,18 @@ def raw_scores(model: ScalarHeadModel, tokenizer, prompts: Sequence[Prompt], res
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def reference_set(config: RewardModelConfig, data: PreferenceData, tokenizer, device) -> tuple[list, list[str]]:
-    """(prompts, responses) whose normalised scores should have mean 0 and std 1."""
+def reference_set(config: RewardModelConfig, data: PreferenceData, tokenizer,
+                  device) -> tuple[list, list[str], list[bool]]:
+    """(prompts, responses, truncated) whose normalised scores should have mean 0 and std 1."""
     rng = random.Random(config.seed)
-    if config.normalize == "chosen":
-        unique = list({(prompt_key(p.prompt), p.chosen): (p.prompt, p.chosen) for p in data.pairs}.values())
-        picked = rng.sample(unique, min(config.normalize_samples, len(unique)))
-        return [p for p, _ in picked], [r for _, r in picked]
+    if config.normalize in ("chosen", "responses"):
+        unique: dict[tuple, tuple] = {}
+        for p in data.pairs:
+            unique.setdefault((prompt_key(p.prompt), p.chosen), (p.prompt, p.chosen, p.chosen_truncated))
+            if config.normalize == "responses":
+                unique.setdefault((prompt_key(p.prompt), p.rejected), (p.prompt, p.rejected, p.rejected_truncated))
+        picked = rng.sample(list(unique.values()), min(config.normalize_samples, len(unique)))
+        return [p for p, _, _ in picked], [r for _, r, _ in picked], [c for _, _, c in picked]
     return sample_policy_responses(config, data, device, rng)
 
 
@@ -316,12 +455,15 @@ def sample_policy_responses(config: RewardModelConfig, data: PreferenceData, dev
     prompts = [rng.choice(pool) for _ in range(config.normalize_samples)]
     settings = SamplingSettings(max_new_tokens=config.reference_max_new_tokens)
     responses: list[str] = []
+    truncated: list[bool] = []
     for start in range(0, len(prompts), config.batch_size * 2):
         chunk = prompts[start : start + config.batch_size * 2]
         ids = [encode_prompt(policy_tokenizer, p, config.chat_template) for p in chunk]
-        responses.extend(generate_rollout(policy, policy_tokenizer, chunk, ids, settings).responses)
+        rollout = generate_rollout(policy, policy_tokenizer, chunk, ids, settings)
+        responses.extend(rollout.responses)
+        truncated.extend((~rollout.ended_with_eos).tolist())
     del policy
-    return prompts, responses
+    return prompts, responses, truncated
 
 
 # ----- evaluation (tether eval-rm) ------------------------------------------------------------

@@ -13,6 +13,7 @@ from tether.ops.kl import kl_estimate
 from tether.ops.losses import aggregate_loss, value_loss
 from tether.train.algorithms import AlgorithmSpec
 from tether.train.roles import Roles
+from tether.train.run_dir import nonfinite_weights_error, weights_finite
 from tether.utils.precision import autocast
 from tether.types import Rollout, ScoredRollout, TrainBatch
 
@@ -115,13 +116,15 @@ def run_updates(
     generator: torch.Generator,
     on_skip=None,
     dist=None,
+    critic_only: bool = False,
 ) -> UpdateStats:
     """K epochs over minibatches; gradient accumulation over micro-batches with losses
     normalised by the whole minibatch's token/sequence count, so accumulation is exact.
     The first epoch visits rows in rollout order (so its first step reproduces the scoring
     pass exactly and ρ = 1); later epochs reshuffle. Under torchrun (``dist``, a
     tether.utils.distributed.DistContext) the counts are those of the global minibatch (each
-    rank holds ``mini_batch_size / world_size`` rows of it) and every rank skips together."""
+    rank holds ``mini_batch_size / world_size`` rows of it) and every rank skips together. ``critic_only``
+    (critic warm-up): the value loss alone, the policy unchanged."""
     world = dist.world_size if dist is not None else 1
     epochs, mini = (1, len(batch)) if algorithm.single_step else (config.ppo_epochs, config.mini_batch_size // world)
     policy_params, critic_params = roles.trainable_groups()
@@ -136,7 +139,7 @@ def run_updates(
             finite = True
             for micro_rows in minibatch_rows.split(config.micro_batch_size):
                 loss = _micro_step(roles, batch.select(micro_rows), algorithm, config, kl_coef, kl_in_loss,
-                                   device, n_tokens, len(minibatch_rows) * world, stats)
+                                   device, n_tokens, len(minibatch_rows) * world, stats, critic_only)
                 if not torch.isfinite(loss):
                     finite = False
                     if world == 1:
@@ -155,6 +158,14 @@ def run_updates(
                     on_skip("non-finite loss" if not finite else "non-finite gradient")
                 continue
             optimizer.step()
+            # The guard above sees finite gradients, but the step itself can still make weights
+            # NaN (AdamW with adam_eps=0 divides 0 by 0); every later loss would then be NaN and
+            # every step skipped. One fused check per step; the ranks stop together.
+            finite_weights = weights_finite([*policy_params, *critic_params])
+            if not (dist.all_true(finite_weights) if world > 1 else finite_weights):
+                raise nonfinite_weights_error(
+                    {"policy": roles.policy, "critic": roles.critic if roles.critic is not None else roles.value_head},
+                    fix="lower learning_rate, or set adam_eps above 0 (1e-8 is the usual value)")
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             stats.steps += 1
@@ -168,10 +179,18 @@ def _clip(params, max_norm: float) -> torch.Tensor:
     return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
-def _micro_step(roles, mb: TrainBatch, algorithm, config, kl_coef, kl_in_loss, device, n_tokens, n_seqs, stats):
+def _micro_step(roles, mb: TrainBatch, algorithm, config, kl_coef, kl_in_loss, device, n_tokens, n_seqs, stats,
+                critic_only: bool = False):
     inputs = build_inputs(mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
     agg = dict(aggregation=config.loss_aggregation, num_tokens=n_tokens, num_sequences=n_seqs)
     norm = dict(mode=config.loss_aggregation, num_tokens=n_tokens, num_sequences=n_seqs)
+    if critic_only and roles.critic is not None:  # a separate critic: the policy's forward is not needed
+        with autocast(device, config.precision):
+            values = roles.critic_values(inputs, mb.response_ids.shape[1])
+        v_loss, v_stats = value_loss(values.float(), mb.old_values, mb.returns, mb.response_mask, config.value_clip_eps, **agg)
+        stats.add("losses/value_loss", v_loss)
+        stats.add("value/clipfrac", v_stats["clipfrac"])
+        return config.vf_coef * v_loss
     with autocast(device, config.precision):
         out = roles.policy_outputs(inputs, mb.response_ids, config.temperature)
         values = out.values
@@ -181,7 +200,7 @@ def _micro_step(roles, mb: TrainBatch, algorithm, config, kl_coef, kl_in_loss, d
         out.logprobs, mb.old_logprobs, mb.advantages, mb.response_mask,
         clip_eps=config.clip_eps, clip_eps_high=config.clip_eps_high, **agg,
     )
-    loss = pg_loss
+    loss = pg_loss * 0.0 if critic_only else pg_loss  # shared critic warm-up: the backbone learns values only
     stats.add("losses/policy_loss", pg_loss)
     for name, value in pg_stats.items():
         stats.add(f"policy/{name}", value)

@@ -17,15 +17,17 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 import yaml
 
-from tether.errors import TetherError
+from tether.errors import RunStopped, TetherError
 from tether.reporting.sinks import NullLogger, RunLogger, _jsonable
 from tether.utils.checkpoint import assert_finite, find_latest, read_checkpoint
 
@@ -52,6 +54,28 @@ def make_scheduler(optimizer, schedule: str, warmup_steps: int, total_steps: int
         return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@torch.no_grad()
+def weights_finite(params) -> bool:
+    """Whether every parameter is finite: one fused max-abs per tensor (NaN/inf exactly when
+    a weight is; a sum of squares could overflow) and one host sync. FSDP2 shards are checked
+    locally; the caller agrees across ranks."""
+    local = [p.to_local() if hasattr(p, "to_local") else p for p in params]
+    local = [t.detach() for t in local if t.numel()]  # an FSDP2 rank can hold an empty shard (no max over nothing)
+    if not local:
+        return True
+    return bool(torch.isfinite(torch.stack([n.float() for n in torch._foreach_norm(local, float("inf"))])).all())
+
+
+def nonfinite_weights_error(modules: dict[str, torch.nn.Module | None], step: int | None = None,
+                            fix: str = "lower learning_rate") -> TetherError:
+    """The one-line error for weights an optimizer step made NaN/inf, naming the first one."""
+    found = next((f"{role} weight {name}" for role, module in modules.items() if module is not None
+                  for name, p in module.named_parameters() if not torch.isfinite(p.detach()).all()), "a weight")
+    at = f"step {step}: " if step is not None else ""
+    return TetherError(f"{at}the optimizer step made {found} non-finite (NaN/inf) from finite gradients; "
+                       f"stopped without saving it: {fix}")
 
 
 def _truncate_jsonl(path: Path, last_iteration: int) -> None:
@@ -122,6 +146,10 @@ def resume_checkpoint(config) -> dict | None:
     return read_checkpoint(latest)
 
 
+# the folders a run writes when it finishes (policy: sft, ppo, dpo; reward_model: train-rm)
+FINAL_MODELS = ("policy", "reward_model")
+
+
 class _NoProgress:
     def advance(self, *args, **kwargs) -> None:
         pass
@@ -161,9 +189,14 @@ class RunDirectory:
                 json.dumps({k: _jsonable(v) for k, v in {"iteration": it, **m}.items()}, ensure_ascii=False) + "\n" for it, m in resume_history))
         elif (path / "metrics.jsonl").exists():
             if not getattr(config, "overwrite", False) and getattr(config, "resume", None) == "auto":
-                raise TetherError(f"run directory {path} holds a run but no complete checkpoint to resume from; "
-                                  "pass overwrite=true to start it again")
-            if not getattr(config, "overwrite", False):
+                finished = next((name for name in FINAL_MODELS if (path / name).exists()), None)
+                if finished is not None:  # finished with checkpoint_every=0: a restart would replace its model
+                    raise TetherError(f"run directory {path} holds a finished run ({finished}/) and no checkpoint "
+                                      "to continue from; pass overwrite=true to train it again")
+                # stopped (a crash, kill -9) before its first checkpoint: nothing to lose by restarting
+                print(f"note: {path} holds a run that stopped before its first checkpoint; "
+                      "starting it again from the beginning", file=sys.stderr)
+            elif not getattr(config, "overwrite", False):
                 raise TetherError(
                     f"run directory {path} already holds a run; choose another run_name, pass overwrite=true "
                     f"to replace it, or resume=auto to continue it from its last checkpoint"
@@ -218,11 +251,18 @@ class RunDirectory:
         loop checkpoints and stops instead of burning compute on a broken run."""
         return self.doctor.should_stop
 
-    def stopped(self, signal_name: str, iteration: int | None, resume_command: str) -> None:
-        """After SIGINT/SIGTERM: close the logs and say how to continue."""
+    def stopped(self, signal_name: str, iteration: int | None, resume_command: str) -> NoReturn:
+        """After SIGINT/SIGTERM (or another early stop): close the logs, say that what is saved
+        is a partial run and how to continue it, and raise RunStopped, so that neither the
+        caller nor a pipeline reading the exit code takes it for a finished model."""
         self.close()
-        print(f"stopped by {signal_name} after iteration {iteration}; checkpoint in {self.path / 'checkpoints'}. "
-              f"Continue with: {resume_command}", file=sys.stderr)
+        saved = (f"its checkpoint (iteration {iteration}) is in {self.path / 'checkpoints'}" if iteration is not None
+                 else "no checkpoint was written")
+        message = (f"stopped by {signal_name}: the run is partial and no final model was written; {saved}. "
+                   f"Continue with: {resume_command}")
+        print(message, file=sys.stderr)
+        number = signal.Signals.__members__.get(signal_name)  # None: a doctor finding, another rank's signal
+        raise RunStopped(message, self.path, 128 + number if number is not None else 1)
 
     def save_final(self, roles, config, full_states: dict | None = None) -> None:
         """Final models. A LoRA policy: adapters to ``policy_adapter/`` (PEFT format), then merged

@@ -27,8 +27,10 @@ from tether.errors import ConfigError, DataError
 from tether.models.forward import policy_forward
 from tether.models.loading import load_causal_lm, load_tokenizer, resolve_device
 from tether.ops.masking import masked_mean
+from tether.reporting.sinks import SinkOptions
 from tether.utils.precision import autocast
-from tether.train.run_dir import RunDirectory, make_scheduler, resume_checkpoint, save_pretrained_atomic
+from tether.train.run_dir import (RunDirectory, make_scheduler, nonfinite_weights_error, resume_checkpoint,
+                                  save_pretrained_atomic, weights_finite)
 from tether.utils.checkpoint import Checkpointer
 from tether.utils.host_memory import keep_freed_host_memory
 from tether.utils.seeding import seed_everything
@@ -36,7 +38,7 @@ from tether.utils.signals import GracefulStop
 
 
 @dataclass(frozen=True)
-class SFTConfig:
+class SFTConfig(SinkOptions):
     algorithm: ClassVar[str] = "sft"  # run directory prefix: runs/sft-<timestamp>
     # --- model and data -----------------------------------------------------------------------
     model: str = "tiny-llama"  # causal LM to fine-tune: folder, .gguf file, or alias (smollm2, tiny-llama)
@@ -66,12 +68,13 @@ class SFTConfig:
     output_dir: str = "runs"
     run_name: str | None = None  # default: sft-<timestamp>
     quiet: bool = False  # no progress bar (CI)
-    metric_sinks: list[str] | None = None  # extra sinks: tensorboard, wandb, mlflow
+    # metric_sinks and the sinks' options: inherited from SinkOptions (tether/reporting/sinks.py)
     checkpoint_every: int = 0  # full-state checkpoint every N steps; 0 = only on SIGINT/SIGTERM
     keep_checkpoints: int = 2  # newest checkpoints kept in <run>/checkpoints
     resume: str | None = None  # "auto": continue <output_dir>/<run_name> from its checkpoint; or a run dir
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # the metric-sink fields
         if not self.data:
             raise ConfigError('field "data" is required: a demonstrations file (prompt/completion or messages)')
         validate_common(self)
@@ -79,7 +82,8 @@ class SFTConfig:
 
 def train_sft(config: SFTConfig) -> Path:
     """Fine-tune ``config.model`` on the demonstrations; returns the saved model folder
-    (``<run>/policy``, loadable with ``AutoModelForCausalLM`` and ``tether ppo policy=...``)."""
+    (``<run>/policy``, loadable with ``AutoModelForCausalLM`` and ``tether ppo policy=...``).
+    Stopped by SIGINT/SIGTERM, it checkpoints and raises RunStopped (no model is written)."""
     device = resolve_device(config.device)
     seed_everything(config.seed)
     keep_freed_host_memory()  # tether/utils/host_memory.py
@@ -115,7 +119,7 @@ def train_sft(config: SFTConfig) -> Path:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            if guarded_step(optimizer, scheduler, loss, grad_norm, run, step):
+            if guarded_step(optimizer, scheduler, loss, grad_norm, run, step, {"model": model}):
                 metrics = {"train/loss": loss.item(), "train/grad_norm": float(grad_norm),
                            "train/lr": scheduler.get_last_lr()[0]}
             else:
@@ -129,7 +133,6 @@ def train_sft(config: SFTConfig) -> Path:
 
     if stop.requested:
         run.stopped(stop.requested, ckpt.last_saved, f"tether sft --config {run.path / 'config.yaml'} resume={run.path}")
-        return run.path / "policy"
     model.eval()
     save_pretrained_atomic(model, run.path / "policy", tokenizer)
     run.close()
@@ -197,11 +200,18 @@ def validate_common(config) -> None:
         raise ConfigError('fields "learning_rate", "weight_decay" must be >= 0 and "max_grad_norm" > 0')
 
 
-def guarded_step(optimizer, scheduler, loss, grad_norm, run: RunDirectory, step: int) -> bool:
-    """Apply the step unless the loss or gradient is NaN/inf (then skip it and warn): weights
-    are never made non-finite."""
+def guarded_step(optimizer, scheduler, loss, grad_norm, run: RunDirectory, step: int,
+                 modules: dict | None = None) -> bool:
+    """Apply the step unless the loss or gradient is NaN/inf (then skip it and warn); stop
+    with one line if the step itself made a weight NaN/inf (``modules``, role -> module:
+    where to look for its name)."""
     if torch.isfinite(loss) and torch.isfinite(grad_norm):
         optimizer.step()
+        # Finite gradients can still give non-finite weights (an overflowing update); without
+        # this check every later loss is NaN and every step skipped until the final save
+        # refuses. One fused check per step.
+        if not weights_finite([p for group in optimizer.param_groups for p in group["params"]]):
+            raise nonfinite_weights_error(modules or {}, step)
         scheduler.step()
         return True
     optimizer.zero_grad(set_to_none=True)

@@ -89,6 +89,11 @@ def world_size_from_env() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def is_rank_zero() -> bool:
+    """True in a single process and in rank 0 under torchrun: the one that prints for the run."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def init_distributed(strategy: str = "auto", device: str = "auto") -> tuple[DistContext, str]:
     """Join the process group torchrun set up (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT in
     the environment); returns (context, device spec for this rank). One process without torchrun
