@@ -19,10 +19,9 @@ from tether.models.registry import resolve_model
 from tether.models.scalar_head import ScalarHeadModel
 from tether.ops.losses import bradley_terry_loss
 from tether.reporting.sinks import read_jsonl
+from tether.train.rm_evaluation import calibration, evaluate_reward_model
 from tether.train.reward_model import (
     RewardModelConfig,
-    calibration,
-    evaluate_reward_model,
     fit_normalization,
     raw_scores,
     train_reward_model,

@@ -68,8 +68,7 @@ MIGRATIONS: list[list[str]] = [
         "CREATE UNIQUE INDEX answers_one_live ON answers (labeler_id, task_id) WHERE undone_at IS NULL",
         "CREATE INDEX answers_by_labeler ON answers (labeler_id, id)",
     ],
-    [  # 1 -> 2: which responses were cut off at the sampler's length limit (JSON list of k
-        # booleans; NULL when the tasks file did not say), so the export can tell train-rm
+    [  # 1 -> 2: which responses were cut off at the length limit (JSON booleans; NULL: not known)
         "ALTER TABLE tasks ADD COLUMN truncated TEXT",
     ],
 ]

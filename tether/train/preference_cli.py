@@ -55,7 +55,7 @@ def _run_train_rm(args: argparse.Namespace) -> int:
 
 
 def _run_eval_rm(args: argparse.Namespace) -> int:
-    from tether.train.reward_model import evaluate_reward_model
+    from tether.train.rm_evaluation import evaluate_reward_model
 
     result = evaluate_reward_model(args.model, args.data, args.split, args.skip_bad_rows, args.batch_size,
                                    args.max_length, device=args.device, bins=args.bins)
