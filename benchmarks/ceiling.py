@@ -124,7 +124,7 @@ def decode(args) -> None:
     import torch.nn.functional as F
     from transformers import DynamicCache
 
-    from tether.models.forward import decoder_blocks
+    from tether.utils.blocks import decoder_blocks
     from tether.rollout.generation import DrawToken, SamplingSettings, generate_rollout
 
     tokenizer, model, prompt_token_ids, prompt_ids, prompt_mask = setup()
@@ -178,11 +178,12 @@ def compile_step(args) -> None:
 
     import tether.models.forward as forward
     from tether.models.loading import load_causal_lm
+    from tether.utils.blocks import decoder_blocks
     from tether.utils.precision import autocast
 
     _, eager, _, prompt_ids, prompt_mask = setup()
     compiled = load_causal_lm("smollm2")
-    for block in forward.decoder_blocks(compiled):
+    for block in decoder_blocks(compiled):
         block.compile()
     device = torch.device("cpu")
     for share in (False, True):

@@ -1,11 +1,11 @@
 """Seconds per PPO iteration, per phase, and achieved FLOP/s of tether's loop on SmolLM2-135M.
 
-The iteration is tether's own: roles from ``tether.train.roles.build_roles``, then the phases
-of ``tether.train.ppo.train_ppo`` in the same order with the same functions (the HF rollout
-engine, score_rollout, shape_rewards, the algorithm's advantages, run_updates) and the same
-optimizer/scheduler. The one difference: responses are forced to exactly --response-tokens
-tokens (SamplingSettings.min_new_tokens = max_new_tokens, i.e. EOS suppressed until then), so
-every iteration does the same work. Nothing is written to disk (no run directory).
+The iteration is tether's own: roles from ``tether.train.roles.build_roles``, the loop's
+optimizer, schedule and β controller (``tether.train.iteration.build_optimization``), and
+``tether.train.iteration.iterate``, the function ``tether ppo`` calls once per iteration. The
+one difference: responses are forced to exactly --response-tokens tokens
+(SamplingSettings.min_new_tokens = max_new_tokens, i.e. EOS suppressed until then), so every
+iteration does the same work. Nothing is written to disk (no run directory).
 
     .venv/bin/python benchmarks/ppo_iteration.py --precision fp32 --critic separate --iterations 2 --warmup 1
 
@@ -49,12 +49,13 @@ def build(args, reward_folder: Path):
     import torch
 
     from tether.models.loading import resolve_device
+    from tether.rollout.engine import HFEngine
     from tether.rollout.generation import SamplingSettings
     from tether.rollout.prompts import PromptStream
-    from tether.train.algorithms import ALGORITHMS
+    from tether.train.algorithms import algorithm_for
+    from tether.train.iteration import IterationState, build_optimization
     from tether.train.ppo_config import PPOConfig
     from tether.train.roles import build_roles
-    from tether.train.ppo import _optimization
     from tether.utils.host_memory import keep_freed_host_memory
     from tether.utils.seeding import seed_everything
 
@@ -64,60 +65,44 @@ def build(args, reward_folder: Path):
         ppo_epochs=args.epochs, max_new_tokens=args.response_tokens, precision=args.precision, device="cpu",
         total_iterations=args.warmup + args.iterations, seed=args.seed, quiet=True,
     )
-    algorithm = ALGORITHMS[config.algorithm]
+    algorithm = algorithm_for(config)
     device = resolve_device(config.device)
     seed_everything(config.seed)
     keep_freed_host_memory()  # as train_ppo does
-    roles = build_roles(config, device, algorithm.uses_critic)
+    roles = build_roles(config, device, algorithm.needs_critic)
     prompts = PromptStream(PROMPTS, roles.tokenizer, config.chat_template, config.max_prompt_tokens, config.seed)
     sampling = SamplingSettings(config.max_new_tokens, config.temperature, config.top_k, config.top_p,
                                 min_new_tokens=config.max_new_tokens)
     # The loop's own optimizer, schedule and controller (fused AdamW on CPU and CUDA).
-    optimizer, scheduler, kl_ctl = _optimization(config, roles, algorithm, device)
-    from tether.rollout.engine import HFEngine
-
+    optimizer, scheduler, kl_ctl = build_optimization(config, roles, algorithm, device)
     engine = HFEngine(roles.policy, roles.tokenizer, device, config.precision, sharded=roles.actor)
-    return dict(config=config, algorithm=algorithm, device=device, roles=roles, prompts=prompts, sampling=sampling,
-                engine=engine,
-                optimizer=optimizer, scheduler=scheduler, kl_ctl=kl_ctl,
-                generator=torch.Generator().manual_seed(config.seed))
+    state = IterationState(config, algorithm, roles, engine, sampling, optimizer, scheduler, kl_ctl,
+                           torch.Generator().manual_seed(config.seed), device)
+    return dict(state=state, prompts=prompts, roles=roles, optimizer=optimizer)
 
 
 def one_iteration(s) -> dict:
-    """train_ppo's loop body (tether/train/ppo.py), minus logging and the run directory."""
-    from tether.train.algorithms import AdvantageInputs
+    """One ``iterate`` (what train_ppo runs per iteration, minus logging and the run directory)."""
     from tether.models.forward import build_inputs
-    from tether.train.rl_phases import run_updates, score_rollout, shape_rewards
-    from tether.types import TrainBatch
+    from tether.train.iteration import iterate
 
-    config, roles, algorithm, device = s["config"], s["roles"], s["algorithm"], s["device"]
+    state = s["state"]
+    config = state.config
     c0 = time.process_time()  # CPU seconds of this process (all threads): far less load-sensitive than wall time
-    t0 = time.perf_counter()
     batch_prompts, batch_ids = s["prompts"].next_batch(config.batch_size, config.samples_per_prompt)
-    rollout = s["engine"].generate(batch_prompts, batch_ids, s["sampling"], config.samples_per_prompt)
-    t1 = time.perf_counter()
-    scored = score_rollout(roles, rollout, config, device)
-    t2 = time.perf_counter()
-    rewards, kl = shape_rewards(scored, s["kl_ctl"].value, True, config.kl_estimator)
-    advantages, returns = algorithm.advantages(AdvantageInputs(
-        scored.scores, rewards, scored.old_values, rollout.response_mask, rollout.group_size,
-        config.gamma, config.lam, config.whiten_advantages))
-    batch = TrainBatch(rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids, rollout.response_mask,
-                       scored.old_logprobs, scored.ref_logprobs, advantages, returns, scored.old_values)
-    updates = run_updates(roles, batch, algorithm, config, s["optimizer"], s["scheduler"], s["kl_ctl"].value, False,
-                          device, s["generator"])
-    t3 = time.perf_counter()
+    result = iterate(state, batch_prompts, batch_ids)
     c3 = time.process_time()
+    t, rollout = result.timings, result.scored.rollout
     lengths = rollout.response_lengths
     shared = build_inputs(rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids, rollout.response_mask)
     return {
-        "generate_s": t1 - t0, "score_s": t2 - t1, "update_s": t3 - t2, "iteration_s": t3 - t0,
+        "generate_s": t.generate_s, "score_s": t.score_s, "update_s": t.update_s, "iteration_s": t.iteration_s,
         "iteration_cpu_s": c3 - c0,
         "B": len(rollout), "P": int(rollout.prompt_ids.shape[1]), "R": int(rollout.response_ids.shape[1]),
         "K": shared.shared_prefix,
         "prompt_tokens_mean": rollout.prompt_mask.sum(1).float().mean().item(),
         "response_tokens_mean": lengths.float().mean().item(), "response_tokens_min": int(lengths.min().item()),
-        "optimizer_steps": updates.steps,
+        "optimizer_steps": result.updates.steps,
     }
 
 

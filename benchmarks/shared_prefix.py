@@ -1,4 +1,4 @@
-"""What running a shared prompt prefix once (tether/models/forward.py) saves on SmolLM2-135M.
+"""What running a shared prompt prefix once (tether/data/sequences.py) saves on SmolLM2-135M.
 
 Two measurements, each alternating its variants inside one process (the machine drifts 5-15 %
 between runs; alternating on the same loaded models does not):
@@ -42,6 +42,7 @@ def parse_args(argv=None):
 def sweep(args) -> None:
     import torch
 
+    import tether.data.sequences as sequences
     import tether.models.forward as forward
     from tether.utils.precision import autocast
 
@@ -49,14 +50,14 @@ def sweep(args) -> None:
     width = prompt_ids.shape[1]
     response_ids = torch.randint(0, model.config.vocab_size, (8, 48))
     response_mask = torch.ones_like(response_ids)
-    full_length = forward.common_prefix_length
-    forward.MIN_SHARED_PREFIX, forward.MIN_SAVED_POSITIONS = 1, 1
+    full_length = sequences.common_prefix_length
+    sequences.MIN_SHARED_PREFIX, sequences.MIN_SAVED_POSITIONS = 1, 1
     inputs = {}
     for k in (int(x) for x in args.ks.split(",")):
-        forward.common_prefix_length = lambda ids, mask, lead, k=k: min(full_length(ids, mask, lead), k)
-        inputs[k] = forward.build_inputs(prompt_ids, prompt_mask, response_ids, response_mask, share_prefix=k > 0)
+        sequences.common_prefix_length = lambda ids, mask, lead, k=k: min(full_length(ids, mask, lead), k)
+        inputs[k] = sequences.build_inputs(prompt_ids, prompt_mask, response_ids, response_mask, share_prefix=k > 0)
         assert inputs[k].shared_prefix == k, (k, inputs[k].shared_prefix)
-    forward.common_prefix_length = full_length
+    sequences.common_prefix_length = full_length
     model.train()
     times = {k: [] for k in inputs}
     for rep in range(args.reps + 1):
@@ -78,17 +79,17 @@ def sweep(args) -> None:
 def iteration(args) -> None:
     import ppo_iteration
 
-    import tether.models.forward as forward
+    import tether.data.sequences as sequences
 
     config = ["--precision", args.precision, "--critic", args.critic]
     results = {"off": [], "on": []}
-    default = forward.MIN_SHARED_PREFIX
+    default = sequences.MIN_SHARED_PREFIX
     with tempfile.TemporaryDirectory(prefix="tether-bench-") as tmp:
         state = ppo_iteration.build(ppo_iteration.parse_args(config), make_reward_model(Path(tmp) / "rm"))
         ppo_iteration.one_iteration(state)  # warm-up
         for _ in range(args.pairs):
             for name, minimum in (("off", NEVER), ("on", default)):
-                forward.MIN_SHARED_PREFIX = minimum
+                sequences.MIN_SHARED_PREFIX = minimum
                 row = ppo_iteration.one_iteration(state)
                 results[name].append(row)
                 print(f"{name:>3}: K = {row['K']:2d}, iteration {row['iteration_s']:.2f} s (generate "

@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+from tests.chromium import CHROMIUM, CHROMIUM_ARGS
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -35,3 +37,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def browser():
+    """A headless Debian Chromium, or a skip that says why."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (`make browser`); tests never download a browser")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install tether[dev])")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

@@ -1,7 +1,9 @@
 """The online alternatives (A2C, GRPO, Dr. GRPO, RLOO, REINFORCE++) run the PPO loop with another
-row of the algorithm table and each one learns the tiny vowel rule; gradient accumulation over
-micro-batches gives the same update for every loss aggregation; ``tether compare`` overlays a
-PPO and a GRPO run."""
+row of the algorithm table and each one learns the tiny vowel rule; the table is the one list of
+algorithms (config choices, CLI commands, checks), and a new row added in one place (a GSPO-style
+sequence-ratio loss) runs; whitening is the row's rule, global over ranks, and a request it
+cannot honour is refused; gradient accumulation over micro-batches gives the same update for
+every loss aggregation; ``tether compare`` overlays a PPO and a GRPO run."""
 
 from __future__ import annotations
 
@@ -12,19 +14,25 @@ import typing
 import pytest
 import torch
 
+from tether.cli import build_parser
 from tether.cli import main as tether_main
 from tether.config import load_config
+from tether.errors import ConfigError
 from tether.models.loading import resolve_device
+from tether.ops.advantages import gae
 from tether.rollout.generation import SamplingSettings, generate_rollout
 from tether.rollout.prompts import PromptStream, resolve_prompts
 from tether.train import algorithms
+from tether.train.algorithms import AlgorithmSpec, AdvantageInputs
+from tether.train.iteration import estimate_advantages
 from tether.train.ppo import train_ppo
-from tether.train.ppo_cli import COMMANDS
+from tether.train.ppo_cli import commands
 from tether.train.ppo_config import Algorithm, PPOConfig
 from tether.train.rl_phases import run_updates, score_rollout, shape_rewards
 from tether.train.roles import build_roles
 from tether.train.run_dir import make_scheduler
 from tether.types import TrainBatch
+from tether.utils.distributed import DistContext
 from tether.utils.seeding import seed_everything
 
 
@@ -60,13 +68,18 @@ SETUPS = {
 }
 
 
-def test_table_covers_every_algorithm_and_command():
-    assert set(typing.get_args(Algorithm)) == set(algorithms.ALGORITHMS)
-    assert {algorithm for algorithm, _ in COMMANDS.values()} <= set(algorithms.ALGORITHMS)
-    for name, spec in algorithms.ALGORITHMS.items():
+def test_the_table_is_the_one_list_of_algorithms_and_commands():
+    table = algorithms.ALGORITHMS
+    assert typing.get_args(Algorithm) == tuple(table)  # the config's choices
+    assert commands() == {spec.command: name for name, spec in table.items()}
+    assert set(commands()) == {"ppo", "a2c", "grpo", "dr-grpo", "rloo", "reinforce-pp"}
+    for name, spec in table.items():
         assert spec.name == name
-    assert [n for n, s in algorithms.ALGORITHMS.items() if s.uses_critic] == ["ppo", "a2c"]
-    assert [n for n, s in algorithms.ALGORITHMS.items() if s.single_step] == ["a2c"]
+        # every command runs its row, whatever the config file says
+        assert build_parser().parse_args([spec.command, "x=1"]).algorithm == name
+    assert [n for n, s in table.items() if s.needs_critic] == ["ppo", "a2c"]
+    assert [n for n, s in table.items() if s.needs_groups] == ["grpo", "dr_grpo", "rloo"]
+    assert [n for n, s in table.items() if s.single_step] == ["a2c"]
 
 
 @pytest.mark.parametrize("name", ["grpo", "dr_grpo", "rloo"])
@@ -79,7 +92,7 @@ def test_group_methods_keep_the_kl_penalty_when_it_is_in_the_reward(name):
     score_at_end = torch.zeros(4, 3).scatter(1, (lengths - 1)[:, None], scores[:, None])
 
     def advantages(token_rewards):
-        x = algorithms.AdvantageInputs(scores, token_rewards * mask, None, mask, 2, 1.0, 0.95, False)
+        x = algorithms.AdvantageInputs(scores, token_rewards * mask, None, mask, 2, 1.0, 0.95)
         return algorithms.ALGORITHMS[name].advantages(x)[0]
 
     in_loss = advantages(score_at_end)  # KL in the loss: the rewards are the scores alone
@@ -109,8 +122,8 @@ def test_each_online_method_learns_the_rule(tmp_path, name):
     assert first < 0.25
     assert last > first + 0.3, (name, first, last)
     spec = algorithms.ALGORITHMS[name]
-    assert ("losses/value_loss" in metrics[-1]) == spec.uses_critic
-    assert (run_dir / "critic").exists() == spec.uses_critic
+    assert ("losses/value_loss" in metrics[-1]) == spec.needs_critic
+    assert (run_dir / "critic").exists() == spec.needs_critic
     kl_in_loss = spec.default_kl_penalty == "loss"
     assert ("losses/kl_loss" in metrics[-1]) == kl_in_loss
     if spec.single_step:
@@ -128,6 +141,93 @@ def test_cli_commands_pick_their_row(tmp_path, capsys):
                         "run_name=cli2", "quiet=true", "total_iterations=1"])
     assert code == 0
     assert "algorithm: reinforce_pp" in (tmp_path / "cli2" / "config.yaml").read_text()
+
+
+# ----- whitening: the row's rule, over the global batch ----------------------------------------
+
+
+def test_reinforce_pp_whitens_its_discounted_returns():
+    # γ = 0.5, per-token rewards [1, 0, 2]: returns G = [1 + 0.5·1, 0 + 0.5·2, 2] = [1.5, 1, 2];
+    # whitened over the batch's real tokens: mean 1.5, unbiased std 0.5 -> [0, -1, 1], padding 0
+    rewards = torch.tensor([[1.0, 0.0, 2.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1, 0]], dtype=torch.bool)
+    x = AdvantageInputs(torch.tensor([3.0]), rewards, None, mask, 1, 0.5, 0.95)
+    advantages, returns = estimate_advantages(algorithms.ALGORITHMS["reinforce_pp"], x, None, DistContext())
+    assert advantages.tolist()[0] == pytest.approx([0.0, -1.0, 1.0, 0.0], abs=1e-5)
+    assert returns is None
+
+
+def test_ppo_honours_whiten_advantages_false():
+    # one response, V = 0, rewards [0, 1], γ = 1, λ = 0.95: δ1 = 1, A1 = 1; δ0 = 0, A0 = 0.95·A1
+    # = 0.95: raw advantages [0.95, 1]
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    x = AdvantageInputs(torch.tensor([1.0]), torch.tensor([[0.0, 1.0]]), torch.zeros(1, 2), mask, 1, 1.0, 0.95)
+    ppo = algorithms.ALGORITHMS["ppo"]
+    raw, _ = estimate_advantages(ppo, x, False, DistContext())
+    assert raw.tolist()[0] == pytest.approx([0.95, 1.0])
+    assert torch.equal(raw, gae(x.token_rewards, x.values, mask, 1.0, 0.95)[0])
+    whitened, _ = estimate_advantages(ppo, x, None, DistContext())  # unset: PPO whitens
+    # mean 0.975, unbiased std 0.035355 -> [-0.7071, 0.7071]
+    assert whitened.tolist()[0] == pytest.approx([-0.70711, 0.70711], abs=1e-4)
+
+
+@pytest.mark.parametrize("command, file, value, says", [
+    ("grpo", "configs/grpo-tiny.yaml", "true", "within each prompt's group"),
+    ("rloo", "configs/rloo-tiny.yaml", "true", "within each prompt's group"),
+    ("reinforce-pp", "configs/ppo-tiny.yaml", "false", "the baseline that replaces a critic"),
+])
+def test_a_whitening_request_the_algorithm_cannot_honour_is_one_line_and_exit_2(tmp_path, capsys, command, file,
+                                                                                 value, says):
+    code = tether_main([command, "--config", file, f"output_dir={tmp_path}", "quiet=true",
+                        f"whiten_advantages={value}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert 'field "whiten_advantages"' in err and says in err and "leave it unset" in err
+    assert not any(tmp_path.iterdir())  # refused before any run directory or model
+
+
+# ----- a new algorithm is one row ------------------------------------------------------------------
+
+
+def gspo_loss(logprobs, old_logprobs, advantages, response_mask, clip_eps=0.2, clip_eps_high=None,
+              aggregation="token-mean", num_tokens=None, num_sequences=None):
+    """GSPO (Zheng et al. 2025, "Group Sequence Policy Optimization"): one importance ratio per
+    response, the geometric mean of its tokens' ratios s = exp(mean_t log ρ_t), clipped like PPO's
+    and weighted by the response's (group) advantage; a mean over the minibatch's responses."""
+    mask = response_mask.to(logprobs.dtype)
+    log_ratio = ((logprobs - old_logprobs.detach()) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+    ratio = log_ratio.exp()
+    advantage = advantages[:, 0]  # the response's advantage sits on each of its tokens
+    high = clip_eps if clip_eps_high is None else clip_eps_high
+    per_response = -torch.min(ratio * advantage, ratio.clamp(1 - clip_eps, 1 + high) * advantage)
+    loss = per_response.sum() / (num_sequences or len(per_response))
+    return loss, {"seq_ratio_max": ratio.max().detach(), "seq_clipfrac": ((ratio - 1).abs() > clip_eps).float().mean()}
+
+
+GSPO = AlgorithmSpec(name="gspo", command="gspo", summary="GSPO: sequence-level ratio, group advantages",
+                     needs_critic=False, needs_groups=True, advantages=algorithms.group_advantages,
+                     whitening="never", default_kl_penalty="loss", policy_loss=gspo_loss)
+
+
+@pytest.fixture
+def gspo_row(monkeypatch):
+    """The whole of adding an algorithm: its row in the table."""
+    monkeypatch.setitem(algorithms.ALGORITHMS, GSPO.name, GSPO)
+    return GSPO
+
+
+def test_a_row_added_in_one_place_runs_an_iteration(tmp_path, gspo_row):
+    base = config(tmp_path, "configs/grpo-tiny.yaml", run_name="gspo", total_iterations=1, batch_size=2,
+                  mini_batch_size=8, micro_batch_size=4, ppo_epochs=1, max_new_tokens=8)
+    with pytest.raises(ConfigError, match="gspo compares samples of one prompt"):  # the row's own check
+        dataclasses.replace(base, algorithm="gspo", samples_per_prompt=1, batch_size=8)
+    run_dir = train_ppo(dataclasses.replace(base, algorithm="gspo"))
+    (row,) = read_metrics(run_dir)
+    # one optimizer step on fresh samples: every sequence ratio is exactly 1, nothing clipped
+    assert row["policy/seq_ratio_max"] == 1.0 and row["policy/seq_clipfrac"] == 0.0
+    assert "losses/kl_loss" in row and "losses/value_loss" not in row  # the row's KL placement, no critic
+    assert row["optim/grad_norm"] > 0  # its loss drove the step
+    assert "algorithm: gspo" in (run_dir / "config.yaml").read_text()
 
 
 # ----- gradient accumulation in the loop's update ---------------------------------------------
@@ -187,6 +287,26 @@ def test_micro_batches_give_the_same_update_as_one_minibatch(one_batch, aggregat
             assert moved > 0  # the update is not trivially zero
     for m, state in zip(modules, start):
         m.load_state_dict(state)
+
+
+def test_critic_warm_up_weighs_every_term_but_the_value_loss_zero(one_batch):
+    """With a shared critic the warm-up runs the policy's forward (the value head reads its
+    hidden states), but only the value loss may move the backbone: the KL term in the loss too
+    is weighed 0, so the total is exactly vf_coef times the value loss."""
+    cfg, _, batch = one_batch
+    shared = dataclasses.replace(cfg, critic="shared", max_grad_norm=1e9)
+    roles = build_roles(shared, torch.device("cpu"), uses_critic=True)
+    with torch.no_grad():  # a policy away from the reference, so that the KL term is not 0
+        for p in roles.policy.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(2)))
+    policy_params, critic_params = roles.trainable_groups()
+    optimizer = torch.optim.SGD([{"params": policy_params}, {"params": critic_params}], lr=0.0)
+    stats = run_updates(roles, batch, algorithms.ALGORITHMS["ppo"], shared, optimizer,
+                        make_scheduler(optimizer, "constant", 0, 1), kl_coef=0.5, kl_in_loss=True,
+                        device=torch.device("cpu"), generator=torch.Generator().manual_seed(0), critic_only=True)
+    means = stats.means()
+    assert means["losses/kl_loss"] > 1e-4 and means["losses/policy_loss"] != 0.0
+    assert means["losses/total_loss"] == pytest.approx(shared.vf_coef * means["losses/value_loss"], rel=1e-6)
 
 
 # ----- tether compare ---------------------------------------------------------------------------

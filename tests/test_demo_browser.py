@@ -10,10 +10,8 @@ from pathlib import Path
 import pytest
 
 from tether.cli import main
+from tests.chromium import CHROMIUM, CHROMIUM_ARGS
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 TINY = ["label_prompts=4", "eval_samples=6", "ppo_iterations=2", "ppo_epochs=1", "bootstrap=200", "sample_batch_size=16"]
 
 pytestmark = [

@@ -192,7 +192,7 @@ def first_update(out: str, strategy: str) -> None:
     rewards, _ = shape_rewards(scored, config.kl_coef, True, config.kl_estimator)
     ppo = ALGORITHMS["ppo"]
     advantages, returns = ppo.advantages(AdvantageInputs(scored.scores, rewards, scored.old_values,
-                                                         rollout.response_mask, 1, config.gamma, config.lam, False))
+                                                         rollout.response_mask, 1, config.gamma, config.lam))
     from tether.utils.distributed import whiten
 
     advantages = whiten(advantages, rollout.response_mask, dist)
@@ -237,6 +237,49 @@ def test_two_ranks_first_update_equals_one_rank_with_the_same_global_batch(tmp_p
     assert any(not torch.equal(base[k], start[k]) for k in start)
 
 
+# ---- REINFORCE++: its batch whitening is global too ---------------------------------------------
+
+
+def _reinforce_pp_batch():
+    """A fixed global batch of 4 ragged responses' per-token rewards (the same on every rank)."""
+    g = torch.Generator().manual_seed(3)
+    mask = torch.arange(5)[None, :] < torch.tensor([5, 2, 4, 1])[:, None]
+    return torch.randn(4, 5, generator=g) * mask, mask
+
+
+def reinforce_pp_advantages(out: str) -> None:
+    """Worker: this rank's half of the batch through the loop's advantage phase; each rank saves its rows."""
+    from tether.train.algorithms import ALGORITHMS, AdvantageInputs
+    from tether.train.iteration import estimate_advantages
+    from tether.utils.distributed import init_distributed, shutdown_distributed
+
+    dist, _ = init_distributed("ddp", "cpu")
+    rewards, mask = _reinforce_pp_batch()
+    rows = slice(2 * dist.rank, 2 * dist.rank + 2)
+    x = AdvantageInputs(rewards[rows].sum(1), rewards[rows], None, mask[rows], 1, 0.9, 0.95)
+    advantages, _ = estimate_advantages(ALGORITHMS["reinforce_pp"], x, None, dist)
+    torch.save(advantages, f"{out}.{dist.rank}")
+    shutdown_distributed(dist)
+
+
+def test_reinforce_pp_whitens_over_the_global_batch(tmp_path):
+    """2 ranks x 2 responses give the advantages of 1 process x 4: the mean and variance of the
+    whitening are the whole batch's, not each rank's (its real tokens: 5 + 2 on rank 0, 4 + 1 on 1)."""
+    from tether.train.algorithms import ALGORITHMS, AdvantageInputs
+    from tether.train.iteration import estimate_advantages
+
+    rewards, mask = _reinforce_pp_batch()
+    one, _ = estimate_advantages(ALGORITHMS["reinforce_pp"], AdvantageInputs(rewards.sum(1), rewards, None, mask, 1,
+                                                                              0.9, 0.95), None, DistContext())
+    torchrun(2, "-m", "tests.test_distributed", "reinforce_pp_advantages", str(tmp_path / "adv"))
+    two = torch.cat([torch.load(tmp_path / f"adv.{rank}") for rank in (0, 1)])
+    torch.testing.assert_close(two, one, rtol=1e-6, atol=1e-6)
+    # a rank's own whitening would give each half mean 0: the global one does not
+    assert abs(one[:2][mask[:2]].mean().item()) > 0.05
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "first_update":
         first_update(sys.argv[2], sys.argv[3])
+    if sys.argv[1] == "reinforce_pp_advantages":
+        reinforce_pp_advantages(sys.argv[2])

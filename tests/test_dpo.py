@@ -13,7 +13,7 @@ import torch
 from tether.cli import main as tether_main
 from tether.config import load_config
 from tether.errors import ConfigError
-from tether.reporting.sinks import read_jsonl
+from tether.diagnostics.run import read_jsonl
 from tether.train.dpo import DPOConfig, train_dpo
 
 VOWELS, CONSONANTS = "aeiou", "bcdfghklmnprstvwz"

@@ -18,7 +18,7 @@ from tether.labeling.judgement import judgement_from_output, make_judgement
 from tether.labeling.simulated import load_labeler, noisy_shorter, prefer_shorter, simulate
 from tether.labeling.stats import cohen_kappa, compute_stats, pair_items
 from tether.labeling.store import SCHEMA_VERSION, AlreadyAnswered, Answer, Store, UnknownAnswer, UnknownTask
-from tether.labeling.tasks import Task, load_prompts, load_tasks
+from tether.labeling.tasks import Task, load_prompts, load_tasks, write_tasks
 
 
 def write_jsonl(path, rows):
@@ -307,3 +307,16 @@ def test_make_tasks_with_the_real_sampler(tmp_path):
                  "--max-new-tokens", "4"]) == 0
     tasks = load_tasks(out)
     assert [t.prompt for t in tasks] == ["hello", "count to three"] and all(t.k == 2 for t in tasks)
+
+
+def test_a_task_file_keeps_responses_with_unicode_line_separators(tmp_path):
+    """make-tasks writes JSON with ensure_ascii=False, so U+2028 and U+0085 stay unescaped in
+    the file; str.splitlines would cut such a row in two (a JSON error naming a line that does
+    not exist in an editor), so the reader splits at newlines only."""
+    odd = ("first\u2028second", "a\u0085b")
+    write_tasks([Task("t1", "Say hi\u2029", odd)], tmp_path / "tasks.jsonl")
+    assert "\u2028" in (tmp_path / "tasks.jsonl").read_text(encoding="utf-8")
+    (loaded,) = load_tasks(tmp_path / "tasks.jsonl")
+    assert loaded.prompt == "Say hi\u2029" and tuple(loaded.responses) == odd
+    (tmp_path / "prompts.txt").write_text("one\u2028still one\ntwo\n", encoding="utf-8")
+    assert load_prompts(tmp_path / "prompts.txt") == ["one\u2028still one", "two"]

@@ -7,7 +7,6 @@ skips and says why.
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
@@ -16,28 +15,15 @@ from tether.labeling.store import Store
 from tether.labeling.tasks import Task
 from tether.labeling.testing import start_server
 
+
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 TASKS = [
     Task("t1", "Say hi to a new colleague.", ("Hi!", "Hello, and welcome to the team. Let me know if you need anything.")),
     Task("t2", "Name a primary colour.", ("Red.", "Blue is a primary colour in both the RGB and RYB models.")),
     Task("t3", "Pick a number from 1 to 10.", ("7", "Seven")),
     Task("t4", "Count to three.", ("1, 2, 3", "one two three", "1 2 3 4")),
 ]
-
-
-@pytest.fixture
-def browser():
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (`make browser`); tests never download a browser")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install tether[dev])")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def test_label_with_mouse_and_keyboard_then_undo_and_export(browser, tmp_path):

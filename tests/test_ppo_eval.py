@@ -117,7 +117,7 @@ def test_training_prompts_that_are_eval_prompts_are_left_out(tmp_path, capsys):
 def test_gold_needs_eval_prompts_and_eval_every_positive(tmp_path):
     with pytest.raises(ConfigError, match="set eval_prompts"):
         tiny_config(tmp_path, GOLD)
-    with pytest.raises(ConfigError, match='"eval_every" must be >= 1'):
+    with pytest.raises(ConfigError, match='"eval_every": must be >= 1, got 0'):
         tiny_config(tmp_path, "eval_prompts=builtin:demo-eval", "eval_every=0")
 
 

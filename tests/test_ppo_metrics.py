@@ -9,7 +9,8 @@ import torch
 
 from tether.config import load_config
 from tether.train.algorithms import ALGORITHMS
-from tether.train.ppo import _iteration_metrics, _optimization
+from tether.train.iteration import IterationResult, IterationTimings, build_optimization
+from tether.train.ppo import _iteration_metrics
 from tether.train.ppo_config import PPOConfig
 from tether.train.rl_phases import UpdateStats, shape_rewards
 from tether.types import Rollout, ScoredRollout
@@ -35,8 +36,9 @@ def test_rlhf_reward_subtracts_beta_times_the_configured_estimator(estimator, rl
     scored = one_response_scored()
     _, kl = shape_rewards(scored, config.kl_coef, True, config.kl_estimator)
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    metrics = _iteration_metrics(scored, kl, None, config.kl_coef, UpdateStats(), optimizer, config,
-                                 timings=(1.0, 1.0, 1.0, 3.0), skipped=0)
+    result = IterationResult(1, scored, config.kl_coef, IterationTimings(1.0, 1.0, 1.0, None, 3.0), kl,
+                             updates=UpdateStats())
+    metrics = _iteration_metrics(result, optimizer, config, skipped=0)
     assert metrics["objective/rlhf_reward"] == pytest.approx(rlhf_reward, abs=1e-5)
     # the two KLs logged whatever the estimator: k1 = 1.38629, k3 = 0.38629
     assert metrics["objective/kl_k1"] == pytest.approx(1.38629, abs=1e-5)
@@ -44,7 +46,7 @@ def test_rlhf_reward_subtracts_beta_times_the_configured_estimator(estimator, rl
 
 
 class OneParameterRoles:
-    """The one method of Roles that _optimization reads."""
+    """The one method of Roles that build_optimization reads."""
 
     def trainable_groups(self):
         return [torch.nn.Parameter(torch.zeros(1))], []
@@ -52,7 +54,7 @@ class OneParameterRoles:
 
 def adaptive_controller(*overrides: str):
     config = load_config(PPOConfig, "configs/ppo-tiny.yaml", ["kl_target=6", *overrides])
-    _, _, kl_ctl = _optimization(config, OneParameterRoles(), ALGORITHMS[config.algorithm], torch.device("cpu"))
+    _, _, kl_ctl = build_optimization(config, OneParameterRoles(), ALGORITHMS[config.algorithm], torch.device("cpu"))
     return config, kl_ctl
 
 

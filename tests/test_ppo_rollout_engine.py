@@ -40,7 +40,7 @@ def test_vllm_engine_without_vllm_is_one_line_naming_the_extra(capsys, tmp_path)
 @pytest.mark.parametrize("overrides, expected", [
     ({"rollout_engine": "sglang"}, 'field "rollout_engine"'),
     ({"tis_cap": 2.0}, "with rollout_engine=hf"),
-    ({"rollout_engine": "vllm", "tis_cap": 0.5}, 'field "tis_cap" must be >= 1'),
+    ({"rollout_engine": "vllm", "tis_cap": 0.5}, 'field "tis_cap": must be >= 1'),
     ({"rollout_engine": "vllm", "lora_r": 4}, "rollout_engine=vllm with lora_r > 0 is not supported"),
 ])
 def test_rollout_engine_config_errors(overrides, expected):

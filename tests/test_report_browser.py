@@ -11,16 +11,8 @@ import pytest
 
 from tether.diagnostics.synthetic import healthy_metrics, healthy_samples, set_metric, write_run
 from tether.reporting.report import write_report
+from tests.chromium import CHROMIUM, CHROMIUM_ARGS
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 pytestmark = [
     pytest.mark.browser,

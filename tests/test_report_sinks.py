@@ -9,7 +9,8 @@ import types
 import pytest
 
 from tether.errors import TetherError
-from tether.reporting.sinks import JsonlSink, MlflowSink, RunLogger, TensorBoardSink, WandbSink, make_sinks, read_jsonl
+from tether.diagnostics.run import read_jsonl
+from tether.reporting.sinks import JsonlSink, MlflowSink, RunLogger, TensorBoardSink, WandbSink, make_sinks
 
 CONFIG = {"kl_coef": 0.05, "model": {"name": "tiny", "dtype": "bf16"}, "run_name": "r1"}
 

@@ -19,8 +19,9 @@ from tether.utils.checkpoint import complete_checkpoints, find_latest
 
 SMALL = ["--config", "configs/ppo-tiny.yaml", "quiet=true", "device=cpu", "batch_size=4", "mini_batch_size=2",
          "micro_batch_size=2", "ppo_epochs=2", "max_new_tokens=8"]
-# timing metrics differ between any two runs
-IGNORED = ("time/", "rollout/tokens_per_s")
+# timing metrics differ between any two runs; reward/<source> is named after the reward function,
+# and the interrupted runs use a differently named wrapper of the same scores (objective/* compares them)
+IGNORED = ("time/", "rollout/tokens_per_s", "reward/")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

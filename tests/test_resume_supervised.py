@@ -9,7 +9,7 @@ import shutil
 import torch
 from safetensors.torch import load_file
 
-from tether.reporting.sinks import read_jsonl
+from tether.diagnostics.run import read_jsonl
 from tether.train.reward_model import RewardModelConfig, train_reward_model
 from tether.train.sft import SFTConfig, train_sft
 from tether.utils.checkpoint import find_latest

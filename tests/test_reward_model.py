@@ -13,12 +13,13 @@ import pytest
 import torch
 
 from tether.config import load_config
+from tether.data.sequences import build_inputs
 from tether.data.preferences import load_preferences
 from tether.errors import ConfigError, TetherError
 from tether.models.registry import resolve_model
 from tether.models.scalar_head import ScalarHeadModel
 from tether.ops.losses import bradley_terry_loss
-from tether.reporting.sinks import read_jsonl
+from tether.diagnostics.run import read_jsonl
 from tether.train.rm_evaluation import calibration, evaluate_reward_model
 from tether.train.reward_model import (
     RewardModelConfig,
@@ -71,6 +72,10 @@ def trained(tmp_path_factory):
         model="tiny-llama", data=str(train_file), eval_data=str(eval_file), epochs=2, batch_size=16,
         learning_rate=3e-3, lr_schedule="constant", eval_every=20, normalize="chosen", normalize_samples=1000,
         output_dir=str(root / "runs"), run_name="topic", quiet=True,
+        # a random-init backbone has no features for a zero head to probe: the head must start
+        # as a random direction that the backbone learns to feed (97% held out here, where the
+        # zero head at 1e-3 stays at the ln 2 loss)
+        head_init="normal", head_learning_rate=3e-3,
     )
     start = time.perf_counter()
     path = train_reward_model(config)
@@ -258,6 +263,25 @@ def test_fresh_head_is_drawn_with_std_one_over_sqrt_d_plus_1():
     assert model.head.weight.std().item() == pytest.approx(1 / math.sqrt(d + 1), abs=0.04)
 
 
+def test_zero_head_starts_with_no_preference_and_the_loss_at_ln_2():
+    """new_head="zero": every response scores the same, so the Bradley-Terry loss of any pair is
+    -log sigmoid(0) = ln 2 = 0.6931 and the gradient reaches the head only (the backbone's
+    gradient passes through the zero head weight)."""
+    model = ScalarHeadModel.from_pretrained("tiny-llama", new_head="zero")
+    ids = torch.randint(3, model.hf_model.config.vocab_size, (4, 7))
+    ones = torch.ones_like(ids)
+    inputs = build_inputs(ids[:, :3], ones[:, :3], ids[:, 3:], ones[:, 3:])
+    scores = model(inputs)[:, -1]
+    assert torch.equal(scores, torch.zeros(4))
+    loss, _ = bradley_terry_loss(scores[:2], scores[2:])
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-6)
+    loss.backward()
+    assert model.head.weight.grad.abs().sum() > 0
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.backbone.parameters())
+    with pytest.raises(ValueError, match="'normal' or 'zero'"):
+        model.reset_head("uniform")
+
+
 def tiny_gpt2(folder):
     """A one-block GPT-2 on the tiny tokenizer: its head reads a LayerNorm that has a bias."""
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -364,9 +388,26 @@ def test_trainable_layers_moves_only_the_top_blocks_norm_and_head(tmp_path):
 
 
 def test_trainable_layers_out_of_range_is_a_clear_error():
-    with pytest.raises(ConfigError, match='field "trainable_layers" must be >= 0'):
+    with pytest.raises(ConfigError, match='field "trainable_layers": must be >= 0, got -1'):
         RewardModelConfig(data="x.jsonl", trainable_layers=-1)
     model = ScalarHeadModel.from_pretrained("tiny-llama", fresh_head=True)
     with pytest.raises(TetherError, match="trainable_layers=99: the model has 2 decoder blocks"):
         model.train_top_layers(99)
     assert model.train_top_layers(0) == 2  # the final norm's weight and the head's (no bias)
+
+
+def test_head_learning_rate_moves_the_head_at_its_own_rate(tmp_path):
+    """learning_rate=0 with head_learning_rate>0: the backbone stays bit-identical and only the
+    head moves (against the same seeded run with both rates 0, whose head is its initial draw)."""
+    data = write_jsonl(tmp_path / "p.jsonl", topic_rule_pairs(32, seed=3))
+
+    def run(name: str, head_lr: float):
+        config = RewardModelConfig(data=str(data), eval_fraction=0.0, max_steps=3, learning_rate=0.0,
+                                   head_learning_rate=head_lr, normalize="none", output_dir=str(tmp_path),
+                                   run_name=name, quiet=True)
+        return ScalarHeadModel.from_pretrained(train_reward_model(config)).hf_model.state_dict()
+
+    still, moved = run("still", 0.0), run("moved", 1e-2)
+    backbone = [k for k in still if k.startswith("model.")]
+    assert backbone and all(torch.equal(still[k], moved[k]) for k in backbone)
+    assert not torch.equal(still["score.weight"], moved["score.weight"])

@@ -12,10 +12,10 @@ import signal
 import pytest
 import torch
 
-import tether.train.ppo
+import tether.train.iteration
 import tether.train.sft
 from tether.cli import main
-from tether.reporting.sinks import read_jsonl
+from tether.diagnostics.run import read_jsonl
 from tether.train.run_dir import make_adamw, make_scheduler
 from tether.utils.checkpoint import find_latest
 
@@ -41,7 +41,7 @@ def rows(run) -> list[dict]:
 # AdamW with eps = 0 divides 0 by 0 wherever a gradient is exactly 0 (embedding rows of tokens
 # not in the batch): finite loss, finite gradients, NaN weights after the step.
 def test_ppo_stops_at_the_first_step_that_makes_a_weight_nan(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(tether.train.ppo, "make_adamw",
+    monkeypatch.setattr(tether.train.iteration, "make_adamw",
                         lambda params, device, **kw: make_adamw(params, device, **{**kw, "eps": 0.0}))
     assert main(["ppo", *PPO_SMALL, f"output_dir={tmp_path}", "run_name=nan"]) == 2
     err = capsys.readouterr().err.strip()

@@ -10,7 +10,7 @@ import torch
 from tether.data.batching import collate_examples, tokenize_demonstrations
 from tether.data.sft import Demonstration
 from tether.models.loading import load_causal_lm, load_tokenizer
-from tether.reporting.sinks import read_jsonl
+from tether.diagnostics.run import read_jsonl
 from tether.train.sft import SFTConfig, completion_nll, train_sft
 
 

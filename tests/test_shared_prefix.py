@@ -1,22 +1,23 @@
-"""A prompt prefix common to every row runs once (tether/models/forward.py): the layout
-``build_inputs`` makes, worked by hand, and the same log-probs, values, scores and gradients as
-the plain forward over every row."""
+"""A prompt prefix common to every row runs once (tether/data/sequences.py lays it out,
+tether/models/forward.py runs it): the layout ``build_inputs`` makes, worked by hand, and the
+same log-probs, values, scores and gradients as the plain forward over every row."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-import tether.models.forward as forward
-from tether.models.forward import build_inputs, can_share_prefix, common_prefix_length, policy_forward
+import tether.data.sequences as sequences
+from tether.data.sequences import build_inputs, common_prefix_length
+from tether.models.forward import can_share_prefix, policy_forward
 from tether.models.loading import load_causal_lm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_layout_by_hand(monkeypatch):
-    monkeypatch.setattr(forward, "MIN_SHARED_PREFIX", 2)
-    monkeypatch.setattr(forward, "MIN_SAVED_POSITIONS", 6)  # (3 rows - 1) x K = 3
+    monkeypatch.setattr(sequences, "MIN_SHARED_PREFIX", 2)
+    monkeypatch.setattr(sequences, "MIN_SAVED_POSITIONS", 6)  # (3 rows - 1) x K = 3
     # Three left-padded prompts (pad 0), width 6; real tokens:
     #   row 0: 5 6 7 8        (lead 2)
     #   row 1: 5 6 7 9 9 9    (lead 0)
@@ -59,8 +60,8 @@ def test_layout_by_hand(monkeypatch):
 ])
 def test_common_prefix_length(monkeypatch, prompts, expected):
     # thresholds lowered to fit hand-sized prompts: K >= 2 tokens and >= 4 saved positions
-    monkeypatch.setattr(forward, "MIN_SHARED_PREFIX", 2)
-    monkeypatch.setattr(forward, "MIN_SAVED_POSITIONS", 4)
+    monkeypatch.setattr(sequences, "MIN_SHARED_PREFIX", 2)
+    monkeypatch.setattr(sequences, "MIN_SAVED_POSITIONS", 4)
     width = max(map(len, prompts))
     ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])

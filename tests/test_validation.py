@@ -50,12 +50,12 @@ def small_vocab_model(tmp_path):
     (["reward_function=no_such_module_xyz:f"], "cannot import module 'no_such_module_xyz'"),
     (["prompts=/no/such/prompts.jsonl"], "/no/such/prompts.jsonl"),
     (["prompts=builtin:nope"], "unknown builtin prompt set 'builtin:nope'"),
-    (["keep_checkpoints=0"], 'field "keep_checkpoints" must be >= 1'),
-    (["checkpoint_every=-1"], 'field "checkpoint_every" must be >= 0'),
+    (["keep_checkpoints=0"], 'field "keep_checkpoints": must be >= 1, got 0'),
+    (["checkpoint_every=-1"], 'field "checkpoint_every": must be >= 0, got -1'),
     (["resume=auto", "run_name=null"], "resume: auto needs a run_name"),
     (["algorithm=grpo", "samples_per_prompt=1"], "set samples_per_prompt >= 2"),
     (["micro_batch_size=3"], "must be a multiple of micro_batch_size"),
-    (["top_p=1.5"], 'field "top_p" must be in (0, 1]'),
+    (["top_p=1.5"], 'field "top_p": must be in (0, 1], got 1.5'),
 ])
 def test_bad_config_is_one_line_before_any_model_loads(capsys, tmp_path, overrides, expected):
     err = one_line_error(capsys, "ppo", *BASE, f"output_dir={tmp_path}", *overrides)

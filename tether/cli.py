@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "tether.labeling.cli",  # label serve | make-tasks | export | stats | simulate | add-labeler
     "tether.reporting.cli",  # report, doctor, compare
     "tether.models.cli",  # models prepare
+    "tether.rounds.cli",  # rlhf: rounds of sample, label, reward model, PPO
     "tether.demo.cli",  # demo: the whole pipeline on SmolLM2, with a report
 ]
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
+from tether.ops.masking import real_width
+
 
 @dataclass
 class Rollout:
@@ -68,7 +70,7 @@ class TrainBatch:
     def select(self, index: torch.Tensor) -> "TrainBatch":
         """Rows ``index``, with response columns that are padding in every selected row cut
         off (padding trimmed per minibatch: long responses elsewhere cost nothing here)."""
-        width = max(int(self.response_mask[index].sum(1).max().item()), 1)
+        width = real_width(self.response_mask[index])
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)

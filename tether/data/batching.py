@@ -18,11 +18,11 @@ from typing import Callable, Iterator, Sequence, TypeVar
 import torch
 
 from tether.data.preferences import PreferencePair, prompt_key
+from tether.data.sequences import SequenceInputs, build_inputs, left_pad, right_pad
 from tether.data.sft import Demonstration
 from tether.data.templates import ChatTemplateMode, Prompt, encode_prompt, encode_response
 from tether.errors import DataError
-from tether.models.forward import SequenceInputs, build_inputs
-from tether.rollout.generation import left_pad, right_pad
+from tether.ops.masking import real_width
 
 T = TypeVar("T")
 
@@ -109,7 +109,7 @@ class PreferenceBatch:
         keep = torch.tensor([first[k] for k in range(len(keys))])
         unique = PromptResponseBatch(*(t[keep] for t in joint.tensors()))
         # trim columns that are padding in every kept row (prompts stay left-padded to one width)
-        width = max(int(unique.response_mask.sum(1).max()), 1)
+        width = real_width(unique.response_mask)
         start = int((~unique.prompt_mask).all(0).sum())
         unique = PromptResponseBatch(unique.prompt_ids[:, start:], unique.prompt_mask[:, start:],
                                      unique.response_ids[:, :width], unique.response_mask[:, :width])

@@ -68,12 +68,21 @@ def messages(row: Row, name: str, value: list) -> list[Message]:
 
 def text_or_messages(row: Row, name: str, value: Any = None) -> str | list[Message]:
     """A string, or a conversation (list of messages)."""
-    value = require(row, name) if value is None else value
+    if value is None:
+        value = require(row, name)
+        raw = row.data.get(name)
+        if isinstance(raw, str) and not _is_conversation(value):
+            # a CSV cell that reads as JSON but is no conversation is text: "[1, 2]" can be an answer
+            value = raw
     if isinstance(value, list):
         return messages(row, name, value)
     if isinstance(value, str):
         return text(row, name, value)
     raise field_error(row, name, f"must be a string or a list of chat messages, got {type_name(value)}")
+
+
+def _is_conversation(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(m, dict) for m in value)
 
 
 def response_text(row: Row, name: str, value: str | list[Message]) -> str:

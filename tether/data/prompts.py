@@ -11,9 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from tether.data import fields
-from tether.data.readers import Row, read_rows
+from tether.data.readers import Row, lines, read_rows
 from tether.data.templates import Prompt
 from tether.errors import DataError
+from tether.utils.hub import looks_like_hub_dataset
 
 ASSETS = Path(__file__).parent / "assets"
 
@@ -21,14 +22,10 @@ ASSETS = Path(__file__).parent / "assets"
 def load_prompts(path: str | Path, split: str | None = None) -> list[Prompt]:
     """All prompts of a file, in file order. Errors name file:row: field."""
     path = Path(path).expanduser()
-    if not path.exists():
+    if not path.exists() and not looks_like_hub_dataset(str(path)):  # a Hub data set: read_rows resolves it
         raise DataError(f"{path}: file not found")
     if path.suffix.lower() == ".txt":
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
-        prompts = [line for line in lines if line.strip()]
+        prompts = [line for line in lines(_read_text(path)) if line.strip()]
     elif path.suffix.lower() == ".json" and _is_plain_list(path):
         prompts = [_prompt_from_value(Row(f"{path}:item {i}"), item) for i, item in enumerate(_load_json(path), 1)]
     else:
@@ -69,9 +66,18 @@ def _load_json(path: Path):
     import json
 
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(_read_text(path))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise DataError(f"{path}: invalid JSON (nested too deeply)") from None
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: cannot read: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
 

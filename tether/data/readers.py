@@ -12,6 +12,7 @@ treats it like any other bad row.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,11 @@ def read_rows(path_or_name: str | Path, split: str | None = None) -> list[Row]:
     path = Path(path_or_name).expanduser()
     label = str(path_or_name)
     if not path.exists():
+        from tether.utils.hub import hub_dataset, looks_like_hub_dataset
+
+        if looks_like_hub_dataset(label):  # a Hub data set: from the HF cache, or fetched once when online
+            return [_as_row(record, f"{label}[{split or 'train'}]:row {n}")
+                    for n, record in enumerate(hub_dataset(label, split), start=1)]
         raise DataError(f"{label}: file not found")
     if path.is_dir():
         return list(_read_dataset_folder(path, label, split))
@@ -50,7 +56,9 @@ def read_rows(path_or_name: str | Path, split: str | None = None) -> list[Row]:
     try:
         if fmt == "parquet":
             return list(_read_parquet(path, label))
-        text = path.read_text(encoding="utf-8")
+        # bytes decoded as they are: no newline translation, which would turn a "\r" inside a
+        # quoted CSV cell into "\n"; utf-8-sig drops the byte-order mark Excel writes first
+        text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DataError(f"{label}: cannot read: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
@@ -59,8 +67,16 @@ def read_rows(path_or_name: str | Path, split: str | None = None) -> list[Row]:
     return list(reader(text, label))
 
 
+def lines(text: str) -> list[str]:
+    """The lines of a text file, split at "\n" (and "\r\n") only. ``str.splitlines`` also
+    splits at U+2028, U+0085 and other characters that a JSON string holds unescaped when
+    written with ``ensure_ascii=False`` (as ``tether label export`` does): a row holding one
+    would be cut in two and lost."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
 def _read_jsonl(text: str, label: str) -> Iterator[Row]:
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(lines(text), start=1):
         if not line.strip():
             continue
         where = f"{label}:{number}"
@@ -68,6 +84,9 @@ def _read_jsonl(text: str, label: str) -> Iterator[Row]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             yield Row(where, error=f"invalid JSON ({exc.msg} at column {exc.colno})")
+            continue
+        except RecursionError:
+            yield Row(where, error="invalid JSON (nested too deeply)")
             continue
         yield _as_row(record, where)
 
@@ -79,6 +98,8 @@ def _read_json(text: str, label: str) -> Iterator[Row]:
         json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(f"{label}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise DataError(f"{label}: invalid JSON (nested too deeply)") from None
     decoder = json.JSONDecoder()
     pos = _skip_ws(text, 0)
     if not text.startswith("[", pos):
@@ -99,13 +120,18 @@ def _skip_ws(text: str, pos: int) -> int:
 
 
 def _read_csv(text: str, label: str) -> Iterator[Row]:
-    reader = csv.DictReader(text.splitlines(keepends=True))
-    if not reader.fieldnames:
-        return
-    start = 2  # line of the first record (after the header)
-    for record in reader:
-        yield Row(f"{label}:{start}", {k: v for k, v in record.items() if k is not None}, textual=True)
-        start = reader.line_num + 1  # a quoted cell may span lines: the next record starts after
+    # a response may be longer than the csv module's default cell limit of 128 KiB
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
+    reader = csv.DictReader(io.StringIO(text, newline=""))  # newline="": the csv module's own line ends
+    try:
+        if not reader.fieldnames:
+            return
+        start = 2  # line of the first record (after the header)
+        for record in reader:
+            yield Row(f"{label}:{start}", {k: v for k, v in record.items() if k is not None}, textual=True)
+            start = reader.line_num + 1  # a quoted cell may span lines: the next record starts after
+    except csv.Error as exc:
+        raise DataError(f"{label}:{reader.line_num}: invalid CSV ({exc})") from None
 
 
 def _read_parquet(path: Path, label: str) -> Iterator[Row]:

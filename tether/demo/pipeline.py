@@ -85,27 +85,36 @@ def run_demo(config: DemoConfig) -> DemoResult:
         timings[name] = time.perf_counter() - started
         print(f"[demo] {name}: {timings[name]:.0f} s", flush=True)
 
-    t = time.perf_counter()
-    if config.tasks:  # responses sampled before (the same model and settings): label these
-        tasks_file = out / "tasks.jsonl"
-        shutil.copyfile(config.tasks, tasks_file)
+    if config.rounds > 1:  # steps 1-4 in R rounds of iterated online RLHF (tether/rounds)
+        from tether.rounds.demo import run_demo_rounds
+
+        t = time.perf_counter()
+        rm_dir, ppo_dir, rm_accuracy, labels, label_counts = run_demo_rounds(config, labeler, out)
+        step(f"1-4 {config.rounds} rounds", t)
     else:
-        label_prompts = [train_prompts[i % len(train_prompts)] for i in range(config.label_prompts)]
-        tasks_file = sample_pairs(config, label_prompts, out)
-    step("1 sample responses", t)
+        t = time.perf_counter()
+        if config.tasks:  # responses sampled before (the same model and settings): label these
+            tasks_file = out / "tasks.jsonl"
+            shutil.copyfile(config.tasks, tasks_file)
+        else:
+            label_prompts = [train_prompts[i % len(train_prompts)] for i in range(config.label_prompts)]
+            tasks_file = sample_pairs(config, label_prompts, out)
+        step("1 sample responses", t)
 
-    t = time.perf_counter()
-    prefs, labels, label_counts = label_pairs(config, tasks_file, labeler, out)
-    step("2 label", t)
+        t = time.perf_counter()
+        prefs, labels, label_counts = label_pairs(config, tasks_file, labeler, out)
+        step("2 label", t)
 
-    t = time.perf_counter()
-    rm_dir, rm_accuracy = train_reward(config, prefs, out)
-    step("3 reward model", t)
-    check_reward_model(config, out, labels)
+        t = time.perf_counter()
+        from tether.train.reward_stage import train_reward
 
-    t = time.perf_counter()
-    ppo_dir = train_policy(config, rm_dir, out)
-    step("4 PPO", t)
+        rm_dir, rm_accuracy = train_reward(config, prefs, out)
+        step("3 reward model", t)
+        check_reward_model(config, out, labels)
+
+        t = time.perf_counter()
+        ppo_dir = train_policy(config, rm_dir, out)
+        step("4 PPO", t)
 
     t = time.perf_counter()
     from tether.demo.evaluate import evaluate_policies
@@ -117,7 +126,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
         resamples=config.bootstrap, seed=config.seed, show=config.show_samples, quiet=_quiet(config),
         precision=config.precision, per_prompt=config.eval_samples_per_prompt)
     result["reward_model_accuracy"] = rm_accuracy
-    verdict_file = out / "rm" / "rm_verdict.json"
+    verdict_file = rm_dir.parent / "rm_verdict.json"
     if verdict_file.exists():
         result["reward_model_verdict"] = json.loads(verdict_file.read_text(encoding="utf-8"))
     result["labels"] = labels
@@ -230,24 +239,6 @@ def label_pairs(config: DemoConfig, tasks_file: Path, labeler, out: Path) -> tup
 
 
 # ----- 3. reward model ----------------------------------------------------------------------
-
-
-def train_reward(config: DemoConfig, prefs: Path, out: Path) -> tuple[Path, float | None]:
-    from tether.train.reward_model import RewardModelConfig, train_reward_model
-
-    rm_config = RewardModelConfig(
-        model=config.model, data=str(prefs), eval_fraction=config.rm_eval_fraction, epochs=config.rm_epochs,
-        max_steps=config.rm_max_steps, batch_size=config.rm_batch_size, learning_rate=config.rm_learning_rate,
-        trainable_layers=config.rm_trainable_layers, keep_best=True,
-        skip_bad_rows=True,  # a sampled empty answer cannot be a preference row: counted and skipped
-        evals_per_epoch=config.rm_evals_per_epoch,
-        # normalised on every labeled response: samples of the SFT policy, which is π_ref
-        normalize="responses", seed=config.seed, device=config.device, output_dir=str(out),
-        precision=config.precision, run_name="rm", quiet=bool(config.quiet))
-    rm_dir = train_reward_model(rm_config)
-    verdict = out / "rm" / "rm_verdict.json"
-    accuracy = json.loads(verdict.read_text(encoding="utf-8"))["accuracy"] if verdict.exists() else None
-    return rm_dir, accuracy
 
 
 def check_reward_model(config: DemoConfig, out: Path, labels: str) -> None:

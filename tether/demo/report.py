@@ -10,6 +10,7 @@ from typing import Any
 
 from tether.reporting.plots import _matplotlib, _save
 from tether.reporting.report import PLOTS_DIR, ReportFiles, Section, write_report
+from tether.rounds.summary import read_rounds, rounds_section
 
 ROWS = [("gold", "gold score (simulated human)"), ("rm", "reward-model score"),
         ("kl", "KL to reference (nats/response)"), ("length", "response length (tokens)")]
@@ -94,8 +95,11 @@ def eval_section(result: dict[str, Any], plots: list[Path], out: Path, extra: di
 
 def write_demo_report(out: Path, ppo_dir: Path, result: dict[str, Any], extra: dict[str, Any]) -> ReportFiles:
     plots = plot_eval(result, out)
-    section = eval_section(result, plots, out, extra)
-    files = write_report(ppo_dir, out, title=f"tether demo: {out.name}", sections=[section])
+    sections = [eval_section(result, plots, out, extra)]
+    rounds = read_rounds(out)
+    if rounds:  # the demo ran in rounds (rounds=R): what each round gave comes next
+        sections.append(rounds_section(rounds, out, len(rounds)))
+    files = write_report(ppo_dir, out, title=f"tether demo: {out.name}", sections=sections)
     return ReportFiles(files.html, files.markdown, plots + files.plots)
 
 

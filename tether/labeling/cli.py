@@ -100,9 +100,10 @@ def cmd_add_labeler(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from tether.config import Range, check_option
     from tether.labeling.server import is_loopback, serve
-    from tether.labeling.store import Store
 
+    check_option("--port", args.port, Range(ge=1, le=65535))  # before the store is created
     store = _store_with_tasks(args.db, args.tasks)
     if not store.tasks():
         raise TetherError(f"{args.db} holds no tasks: pass --tasks FILE")
@@ -122,10 +123,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_make_tasks(args: argparse.Namespace) -> int:
+    from tether.config import Range, check_option
     from tether.labeling.tasks import load_prompts, tasks_from_samples, write_tasks
 
     if args.k < 2:
         raise TetherError(f"--k must be at least 2 (a comparison needs two responses), got {args.k}")
+    check_option("--max-new-tokens", args.max_new_tokens, Range(ge=1))
+    check_option("--temperature", args.temperature, Range(gt=0))
     prompts = load_prompts(args.prompts)
     try:  # the PPO engine's sampler: imported here so the rest of `label` never needs torch
         from tether.rollout.sampling import sample_responses
@@ -167,8 +171,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    from tether.config import Range, check_option
     from tether.labeling.simulated import load_labeler, simulate
 
+    check_option("--limit", args.limit, Range(ge=0))
     fn = load_labeler(args.labeler)
     store = _store_with_tasks(args.db, args.tasks)
     name = args.name or "sim-" + args.labeler.rpartition(":")[2].replace("_", "-")

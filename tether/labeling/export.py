@@ -7,7 +7,8 @@ labeler id, so a reward model can weight or filter labelers later:
 
 When the task says which responses were cut off at the sampler's length limit, the record
 carries it (``chosen_truncated``/``rejected_truncated``, or ``truncated`` for a ranking), so that
-``train-rm`` scores such a response without an EOS it never generated.
+``train-rm`` scores such a response without an EOS it never generated. A task of a ``tether rlhf``
+round adds ``round`` to its records.
 Ties and skips order nothing, so they are left out and counted in the summary.
 """
 
@@ -17,7 +18,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from tether.labeling.store import Answer, Store
 from tether.labeling.tasks import Task
@@ -62,9 +63,11 @@ def export_records(answers: Iterable[tuple[Answer, Task]]) -> tuple[list[dict[st
     return records, summary
 
 
-def export_jsonl(store: Store, out: str | Path) -> ExportSummary:
-    """Write atomically (temp file, then rename): a reader never sees half an export."""
-    records, summary = export_records(store.live_answers())
+def export_jsonl(store: Store, out: str | Path, keep: Callable[[Task], bool] | None = None) -> ExportSummary:
+    """Write atomically (temp file, then rename): a reader never sees half an export.
+    ``keep``: only the answers to tasks it accepts (``tether rlhf``: the rounds so far)."""
+    answers = store.live_answers()
+    records, summary = export_records(answers if keep is None else [(a, t) for a, t in answers if keep(t)])
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -77,6 +80,8 @@ def export_jsonl(store: Store, out: str | Path) -> ExportSummary:
 def _record(answer: Answer, task: Task) -> dict[str, Any]:
     assert answer.ranking is not None  # ties and skips were filtered out by the caller
     meta = {"labeler": answer.labeler, "task_id": task.id, "reason": answer.reason}
+    if task.round is not None:
+        meta["round"] = task.round
     cut = task.truncated
     if task.k == 2:
         best, worst = answer.ranking

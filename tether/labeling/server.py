@@ -18,8 +18,9 @@ one could.
 from __future__ import annotations
 
 import ipaddress
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal
 from urllib.parse import urlsplit
 
 import anyio
@@ -36,7 +37,7 @@ from tether.labeling.judgement import make_judgement
 from tether.labeling.store import AlreadyAnswered, Answer, Labeler, Progress, Store, UnknownAnswer, UnknownTask
 from tether.labeling.tasks import Task
 
-__all__ = ["create_app", "serve", "is_loopback", "same_origin"]
+__all__ = ["create_app", "serve", "serving", "is_loopback", "same_origin"]
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_BODY_BYTES = 64 * 1024  # an answer is a few hundred bytes; refuse anything absurd before parsing it
@@ -86,6 +87,7 @@ class TaskOut(BaseModel):
     id: str
     prompt: str
     responses: list[str]
+    round: int | None = Field(default=None, description="the round of `tether rlhf` the task belongs to; null: none")
 
 
 class ProgressOut(BaseModel):
@@ -371,7 +373,7 @@ def _same_answer(store: Store, body: AnswerIn, stored: Answer) -> bool:
 
 
 def _task(task: Task) -> TaskOut:
-    return TaskOut(id=task.id, prompt=task.prompt, responses=list(task.responses))
+    return TaskOut(id=task.id, prompt=task.prompt, responses=list(task.responses), round=task.round)
 
 
 def _progress(progress: Progress) -> ProgressOut:
@@ -391,3 +393,31 @@ def serve(store: Store, host: str = "127.0.0.1", port: int = 8765) -> None:
     import uvicorn
 
     uvicorn.run(create_app(store), host=host, port=port, log_level="warning", access_log=False)
+
+
+@contextmanager
+def serving(store: Store, host: str = "127.0.0.1", port: int = 8765, start_timeout_s: float = 30.0) -> Iterator[str]:
+    """The page served from a background thread while the block runs, for a command that does
+    other work meanwhile (``tether rlhf`` waits for a round's labels); yields its URL. The
+    thread's server installs no signal handlers (uvicorn does so only in the main thread), so
+    Ctrl+C still reaches the command."""
+    import threading
+    import time
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(create_app(store), host=host, port=port, log_level="warning",
+                                           access_log=False))
+    thread = threading.Thread(target=server.run, name="tether-labeling-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout_s
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not server.started:  # a port in use ends uvicorn's thread with an error line of its own
+        server.should_exit = True
+        raise TetherError(f"could not serve the labeling page on {host}:{port} (is the port in use? set another port)")
+    try:
+        yield f"http://{host}:{port}/"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

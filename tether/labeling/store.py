@@ -34,7 +34,7 @@ from tether.labeling.judgement import make_judgement
 from tether.labeling.tasks import Task
 
 __all__ = [
-    "SCHEMA_VERSION", "Store", "Labeler", "Answer", "Progress", "Submitted",
+    "SCHEMA_VERSION", "Store", "Labeler", "Answer", "Progress", "RoundProgress", "Submitted",
     "UnknownTask", "UnknownAnswer", "AlreadyAnswered",
 ]
 
@@ -70,6 +70,10 @@ MIGRATIONS: list[list[str]] = [
     ],
     [  # 1 -> 2: which responses were cut off at the length limit (JSON booleans; NULL: not known)
         "ALTER TABLE tasks ADD COLUMN truncated TEXT",
+    ],
+    [  # 2 -> 3: the round of iterated online RLHF (tether rlhf) whose policy sampled the task (NULL: none)
+        "ALTER TABLE tasks ADD COLUMN round INTEGER",
+        "CREATE INDEX tasks_by_round ON tasks (round)",
     ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -112,6 +116,12 @@ class Answer:
 class Progress:
     done: int  # tasks with a live answer (skips included) by this labeler
     total: int  # tasks in the store
+
+
+@dataclass(frozen=True)
+class RoundProgress:
+    answered: int  # tasks of the round with at least the asked number of live answers (skips included)
+    total: int  # tasks of the round in the store
 
 
 @dataclass(frozen=True)
@@ -249,27 +259,28 @@ class Store:
                     continue
                 position += 1
                 conn.execute(
-                    "INSERT INTO tasks (id, position, prompt, responses, k, truncated) VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO tasks (id, position, prompt, responses, k, truncated, round) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (task.id, position, task.prompt, json.dumps(list(task.responses), ensure_ascii=False), task.k,
-                     None if task.truncated is None else json.dumps(list(task.truncated))),
+                     None if task.truncated is None else json.dumps(list(task.truncated)), task.round),
                 )
                 added += 1
         return added
 
     def task(self, task_id: str) -> Task | None:
         with self._read() as conn:
-            row = conn.execute("SELECT id, prompt, responses, truncated FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            row = conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
         return _task(row) if row else None
 
     def tasks(self) -> list[Task]:
         with self._read() as conn:
-            return [_task(r) for r in conn.execute("SELECT id, prompt, responses, truncated FROM tasks ORDER BY position")]
+            return [_task(r) for r in conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks ORDER BY position")]
 
     def next_task(self, labeler: Labeler) -> Task | None:
         """The first task, in file order, that this labeler has no live answer for."""
         with self._read() as conn:
             row = conn.execute(
-                """SELECT id, prompt, responses, truncated FROM tasks WHERE id NOT IN
+                f"""SELECT {_TASK_COLUMNS} FROM tasks WHERE id NOT IN
                    (SELECT task_id FROM answers WHERE labeler_id = ? AND undone_at IS NULL)
                    ORDER BY position LIMIT 1""",
                 (labeler.id,),
@@ -279,6 +290,18 @@ class Store:
     def progress(self, labeler: Labeler) -> Progress:
         with self._read() as conn:
             return _progress(conn, labeler)
+
+    def round_progress(self, round_: int, answers_per_task: int = 1) -> RoundProgress:
+        """How many of a round's tasks have ``answers_per_task`` live answers, whoever gave
+        them (one live answer per labeler and task, so that many labelers)."""
+        with self._read() as conn:
+            total = conn.execute("SELECT COUNT(*) FROM tasks WHERE round = ?", (round_,)).fetchone()[0]
+            answered = conn.execute(
+                """SELECT COUNT(*) FROM tasks t WHERE t.round = ? AND
+                   (SELECT COUNT(*) FROM answers a WHERE a.task_id = t.id AND a.undone_at IS NULL) >= ?""",
+                (round_, answers_per_task),
+            ).fetchone()[0]
+        return RoundProgress(answered=answered, total=total)
 
     # -- answers -----------------------------------------------------------------------
     def submit(
@@ -352,7 +375,7 @@ class Store:
         """Every answer not undone, with its task, in task order then labeler name."""
         with self._read() as conn:
             rows = conn.execute(
-                f"""SELECT {_ANSWER_COLUMNS}, t.prompt, t.responses, t.truncated FROM {_ANSWER_TABLES}
+                f"""SELECT {_ANSWER_COLUMNS}, t.prompt, t.responses, t.truncated, t.round FROM {_ANSWER_TABLES}
                     JOIN tasks t ON t.id = a.task_id WHERE a.undone_at IS NULL ORDER BY t.position, l.name"""
             ).fetchall()
         return [(_answer(r), _task(r, id_column="task_id")) for r in rows]
@@ -368,6 +391,7 @@ _ANSWER_COLUMNS = """a.id, l.name AS labeler, a.task_id, a.request_id, a.choice,
     a.created_at, a.undone_at"""
 _ANSWER_TABLES = "answers a JOIN labelers l ON l.id = a.labeler_id"
 _ANSWER_SELECT = f"SELECT {_ANSWER_COLUMNS} FROM {_ANSWER_TABLES}"
+_TASK_COLUMNS = "id, prompt, responses, truncated, round"
 
 
 def _check_not_newer(path: Path, version: int) -> None:
@@ -393,7 +417,7 @@ def _progress(conn: sqlite3.Connection, labeler: Labeler) -> Progress:
 
 def _task(row: sqlite3.Row, id_column: str = "id") -> Task:
     truncated = None if row["truncated"] is None else tuple(json.loads(row["truncated"]))
-    return Task(row[id_column], row["prompt"], tuple(json.loads(row["responses"])), truncated)
+    return Task(row[id_column], row["prompt"], tuple(json.loads(row["responses"])), truncated, row["round"])
 
 
 def _hash(token: str) -> str:

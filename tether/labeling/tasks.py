@@ -1,9 +1,12 @@
 """Labeling tasks: one prompt and K >= 2 candidate responses, read from and written to JSONL.
 
 A tasks file has one object per line, ``{"id": optional str, "prompt": str, "responses":
-[str, str, ...], "truncated": optional [bool, ...]}``. ``truncated`` marks a response that was
-cut off by the sampler's length limit (it never emitted EOS): the reward model must then read
-it without an EOS it did not generate, exactly as the policy's cut-off answers are scored. Every row is checked before any is used, and an error names the place:
+[str, str, ...], "truncated": optional [bool, ...], "round": optional int}``. ``truncated`` marks
+a response that was cut off by the sampler's length limit (it never emitted EOS): the reward
+model must then read it without an EOS it did not generate, exactly as the policy's cut-off
+answers are scored. ``round`` names the round of iterated online RLHF (``tether rlhf``) whose
+policy sampled the task; the labeling page shows it. Every row is checked before any is used,
+and an error names the place:
 ``tasks.jsonl:7: field "responses": expected a list of at least 2 strings, got 1``. Files made
 by ``tether label make-tasks`` and files made elsewhere go through the same reader.
 """
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from tether.data.readers import lines
 from tether.errors import DataError
 
 __all__ = ["Task", "task_id_for", "parse_task_row", "load_tasks", "write_tasks", "load_prompts", "tasks_from_samples",
@@ -32,6 +36,7 @@ class Task:
     prompt: str
     responses: tuple[str, ...]  # (K,) candidate responses, K >= 2, shown as A, B, C, ...
     truncated: tuple[bool, ...] | None = None  # (K,) True: cut off at the length limit; None: not known
+    round: int | None = None  # the round of ``tether rlhf`` whose policy sampled it (1, 2, ...); None: no round
 
     @property
     def k(self) -> int:
@@ -41,6 +46,8 @@ class Task:
         row: dict[str, Any] = {"id": self.id, "prompt": self.prompt, "responses": list(self.responses)}
         if self.truncated is not None:
             row["truncated"] = list(self.truncated)
+        if self.round is not None:
+            row["round"] = self.round
         return row
 
 
@@ -77,12 +84,15 @@ def parse_task_row(row: Any, where: str) -> Task:
             raise DataError(f'{where}: field "truncated": expected a list of {len(responses)} booleans (one per '
                             f'response), got {_describe(truncated)}')
         truncated = tuple(truncated)
+    round_ = row.get("round")
+    if round_ is not None and (not isinstance(round_, int) or isinstance(round_, bool) or round_ < 1):
+        raise DataError(f'{where}: field "round": expected a positive integer, got {_describe(round_)}')
     task_id = row.get("id")
     if task_id is None:
         task_id = task_id_for(prompt, responses)
     elif not isinstance(task_id, str) or not task_id.strip():
         raise DataError(f'{where}: field "id": expected a non-empty string, got {_describe(task_id)}')
-    return Task(id=task_id, prompt=prompt, responses=tuple(responses), truncated=truncated)
+    return Task(id=task_id, prompt=prompt, responses=tuple(responses), truncated=truncated, round=round_)
 
 
 def load_tasks(path: str | Path) -> list[Task]:
@@ -125,7 +135,7 @@ def load_prompts(path: str | Path) -> list[str]:
                 raise DataError(f'{where}: field "prompt": expected a non-empty string, got {_describe(row["prompt"])}')
             prompts.append(row["prompt"])
     else:
-        prompts = [line for line in _read_text(path).splitlines() if line.strip()]
+        prompts = [line for line in lines(_read_text(path)) if line.strip()]
     if not prompts:
         raise DataError(f"{path}: no prompts (the file is empty)")
     return prompts
@@ -133,7 +143,7 @@ def load_prompts(path: str | Path) -> list[str]:
 
 def _read_jsonl(path: Path) -> Iterable[tuple[int, Any]]:
     """(line number, decoded row) for each non-blank line; a bad line names file:line."""
-    for line_no, line in enumerate(_read_text(path).splitlines(), start=1):
+    for line_no, line in enumerate(lines(_read_text(path)), start=1):
         if not line.strip():
             continue
         try:

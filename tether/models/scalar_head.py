@@ -24,9 +24,10 @@ from pathlib import Path
 import torch
 
 from tether.errors import TetherError
-from tether.models.forward import SequenceInputs, decoder_blocks, hidden_states_from
+from tether.models.forward import SequenceInputs, hidden_states_from
 from tether.models.loading import prepare_loaded, quiet_transformers
 from tether.models.registry import resolve_model
+from tether.utils.blocks import decoder_blocks
 
 GAIN_KEY, BIAS_KEY = "tether_score_gain", "tether_score_bias"
 
@@ -39,17 +40,19 @@ class ScalarHeadModel(torch.nn.Module):
         self.hf_model = hf_model
         self.backbone = getattr(hf_model, hf_model.base_model_prefix)
         self.head = _find_head(hf_model)
+        self.head_is_new = False  # drawn at load time rather than read from the checkpoint
 
     # ----- construction -------------------------------------------------------------------------
     @classmethod
     def from_pretrained(
         cls, name_or_path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-        fresh_head: bool = False,
+        fresh_head: bool = False, new_head: str = "normal",
     ) -> "ScalarHeadModel":
         """Load a scalar-head checkpoint, or any causal LM / encoder checkpoint with a new head.
 
         A new head (missing from the checkpoint, or ``fresh_head=True``) is drawn from
-        N(0, 1/(d+1)) as in Stiennon et al. 2020, so initial scores have unit-order scale.
+        N(0, 1/(d+1)) as in Stiennon et al. 2020 (``new_head="normal"``), or set to zero
+        (``new_head="zero"``): see ``reset_head``.
         """
         from transformers import AutoModelForSequenceClassification
 
@@ -64,17 +67,29 @@ class ScalarHeadModel(torch.nn.Module):
         prepare_loaded(hf_model)
         model = cls(hf_model)
         head_missing = any(k.split(".")[0] in ("score", "classifier") for k in info.get("missing_keys", []))
-        if fresh_head or head_missing:
-            model.reset_head()
+        model.head_is_new = fresh_head or head_missing
+        if model.head_is_new:
+            model.reset_head(new_head)
             model.set_normalization(1.0, 0.0)
         if hf_model.config.pad_token_id is None:
             hf_model.config.pad_token_id = hf_model.config.eos_token_id
         return model.to(device)
 
-    def reset_head(self) -> None:
+    def reset_head(self, kind: str = "normal") -> None:
+        """``normal``: N(0, 1/(d+1)) (Stiennon et al. 2020), which gives unit-order scores when the
+        final hidden state has unit-order coordinates. Where it does not (SmolLM2's has a norm
+        near 46 over 576 coordinates), a random head starts with score differences of std ~2: a
+        strong random preference the training must first undo. ``zero``: every score starts
+        equal (Bradley-Terry loss ln 2), and the backbone gets no gradient until the head has
+        learned a direction, so training begins as a linear probe of the pretrained features
+        (LP-FT, Kumar et al. 2022)."""
+        if kind not in ("normal", "zero"):
+            raise ValueError(f"new head kind must be 'normal' or 'zero', got {kind!r}")
         d = self.head.in_features
         with torch.no_grad():
             torch.nn.init.normal_(self.head.weight, std=1.0 / math.sqrt(d + 1))
+            if kind == "zero":
+                self.head.weight.zero_()
             if self.head.bias is not None:
                 self.head.bias.zero_()
 

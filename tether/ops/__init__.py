@@ -5,9 +5,8 @@ from tether.ops.advantages import (
     gae,
     group_normalized_advantages,
     leave_one_out_advantages,
-    reinforce_pp_advantages,
 )
-from tether.ops.kl import AdaptiveKLController, FixedKLController, kl_estimate
+from tether.ops.kl import AdaptiveKLController, FixedKLController, k3, kl_estimate
 from tether.ops.logprobs import entropy_from_logits, token_logprobs
 from tether.ops.losses import (
     aggregate_loss,
@@ -18,7 +17,7 @@ from tether.ops.losses import (
     ppo_clip_loss,
     value_loss,
 )
-from tether.ops.masking import mask_after_first_eos, masked_mean, masked_sum, masked_var, masked_whiten
+from tether.ops.masking import mask_after_first_eos, masked_mean, masked_sum, masked_var, masked_whiten, real_width
 from tether.ops.mismatch import logprob_mismatch, truncated_importance_weights
 
 __all__ = [
@@ -32,6 +31,7 @@ __all__ = [
     "explained_variance",
     "gae",
     "group_normalized_advantages",
+    "k3",
     "kl_estimate",
     "leave_one_out_advantages",
     "logprob_mismatch",
@@ -42,7 +42,7 @@ __all__ = [
     "masked_whiten",
     "policy_gradient_loss",
     "ppo_clip_loss",
-    "reinforce_pp_advantages",
+    "real_width",
     "token_logprobs",
     "truncated_importance_weights",
     "value_loss",

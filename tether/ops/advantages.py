@@ -1,15 +1,14 @@
 """Advantage estimators: GAE (PPO, A2C), group-normalised (GRPO), leave-one-out (RLOO),
-and REINFORCE++ returns. Per-token tensors are (B, T) over response tokens; per-sequence
-scores are (B,), with the G samples of one prompt in consecutive rows.
+and discounted returns (REINFORCE++, which the loop whitens over the global batch). Per-token
+tensors are (B, T) over response tokens; per-sequence scores are (B,), with the G samples of
+one prompt in consecutive rows.
 """
 
 from __future__ import annotations
 
 import torch
 
-from tether.ops.masking import masked_whiten
-
-__all__ = ["gae", "group_normalized_advantages", "leave_one_out_advantages", "discounted_returns", "reinforce_pp_advantages"]
+__all__ = ["gae", "group_normalized_advantages", "leave_one_out_advantages", "discounted_returns"]
 
 
 def gae(
@@ -82,14 +81,6 @@ def discounted_returns(rewards: torch.Tensor, response_mask: torch.Tensor, gamma
         running = (rewards[:, t] + gamma * running) * mask[:, t]
         returns[:, t] = running
     return returns
-
-
-def reinforce_pp_advantages(rewards: torch.Tensor, response_mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
-    """REINFORCE++ (Hu 2025): per-token returns of the KL-shaped rewards, whitened over the
-    whole batch's real tokens (the batch-level normalisation replaces a critic or a group).
-    rewards, response_mask: (B, T) -> (B, T).
-    """
-    return masked_whiten(discounted_returns(rewards, response_mask, gamma), response_mask)
 
 
 def _grouped(scores: torch.Tensor, group_size: int) -> torch.Tensor:

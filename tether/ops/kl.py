@@ -14,9 +14,16 @@ from typing import Literal
 
 import torch
 
-__all__ = ["kl_estimate", "FixedKLController", "AdaptiveKLController", "KLEstimator"]
+__all__ = ["k3", "kl_estimate", "FixedKLController", "AdaptiveKLController", "KLEstimator"]
 
 KLEstimator = Literal["k1", "k2", "k3"]
+
+
+def k3(log_ratio: torch.Tensor) -> torch.Tensor:
+    """Schulman's k3 of the log-ratio lr = log q - log p for samples of p: (e^lr - 1) - lr, an
+    unbiased, never negative estimate of KL(p || q), exactly 0 where the two agree. expm1 keeps
+    precision when the ratio is near 1 (the common case). Any shape -> the same shape."""
+    return torch.expm1(log_ratio) - log_ratio
 
 
 def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: KLEstimator = "k1") -> torch.Tensor:
@@ -30,8 +37,7 @@ def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: KLEsti
     if kind == "k2":
         return 0.5 * log_ratio**2
     if kind == "k3":
-        # expm1 keeps precision when the ratio is near 1 (the common case).
-        return torch.expm1(log_ratio) - log_ratio
+        return k3(log_ratio)
     raise ValueError(f"unknown KL estimator {kind!r}: choose k1, k2 or k3")
 
 

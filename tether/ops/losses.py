@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from tether.ops.kl import k3
 from tether.ops.masking import masked_mean, masked_var
 
 __all__ = [
@@ -134,10 +135,10 @@ def _ratio_stats(log_ratio: torch.Tensor, ratio: torch.Tensor, response_mask: to
 
     approx_kl is Schulman's k3 ("Approximating KL Divergence", 2020; cleanrl's approx_kl) of
     KL(π_old || π_θ) from tokens sampled by π_old: (ρ - 1) - log ρ, unbiased because
-    E_old[ρ] = 1, never negative, exactly 0 at ρ = 1. expm1 keeps precision near ρ = 1.
+    E_old[ρ] = 1, never negative, exactly 0 at ρ = 1.
     """
     return {
-        "approx_kl": masked_mean(torch.expm1(log_ratio) - log_ratio, response_mask),
+        "approx_kl": masked_mean(k3(log_ratio), response_mask),
         "ratio_mean": masked_mean(ratio, response_mask),
         "ratio_max": (ratio * response_mask + (~response_mask.bool()) * 1.0).max(),
     }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["masked_mean", "masked_sum", "masked_var", "masked_whiten", "mask_after_first_eos"]
+__all__ = ["masked_mean", "masked_sum", "masked_var", "masked_whiten", "mask_after_first_eos", "real_width"]
 
 
 def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -69,3 +69,10 @@ def mask_after_first_eos(tokens: torch.Tensor, eos_token_ids: torch.Tensor | lis
     # Number of EOS tokens strictly before position t; a token is kept when none came before it.
     eos_before = torch.cumsum(is_eos.int(), dim=1) - is_eos.int()
     return eos_before == 0
+
+
+def real_width(mask: torch.Tensor) -> int:
+    """Columns of a right-padded (B, T) batch that hold a real token in some row: how far its
+    columns can be cut (``[:, :width]``) without losing one. At least 1, so that a batch of
+    empty responses keeps a column (a model input needs one)."""
+    return max(int(mask.sum(1).max().item()), 1)

@@ -109,6 +109,11 @@ class Progress:
         else:
             self._print(f"[{self.name}] {message}")
 
+    def show(self, renderable: Any) -> None:
+        """A rich renderable (a table of samples) printed above the bar, or into the log when quiet."""
+        console = self._live.console if self._live is not None else self.console
+        console.print(renderable)
+
     # ---- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> "Progress":

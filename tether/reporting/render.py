@@ -1,5 +1,5 @@
-"""ReportContext -> report.html / report.md. Every value from the run (prompts, responses,
-config) is escaped: samples are model output and may contain anything."""
+"""ReportContext (what a run report shows) -> report.html / report.md. Every value from the
+run (prompts, responses, config) is escaped: samples are model output and may contain anything."""
 
 from __future__ import annotations
 
@@ -7,14 +7,41 @@ import base64
 import json
 import mimetypes
 import re
+from dataclasses import dataclass, field
 from html import escape, unescape
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from tether.diagnostics.findings import Finding
 from tether.diagnostics.trace import fmt
 
-if TYPE_CHECKING:
-    from tether.reporting.report import ReportContext
+
+@dataclass
+class ReportContext:
+    """Everything the HTML and Markdown renderers show; paths are relative to the report."""
+
+    title: str
+    run_dir: Path
+    n_iterations: int
+    findings: list[Finding]
+    summary: list[tuple[str, float, float, float, float]]  # key, first, last, min, max
+    plots: list[tuple[str, str]]  # (caption, relative path)
+    samples: list[tuple[int, list[dict[str, Any]]]]  # (iteration, rows best first)
+    config_text: str = ""
+    eval: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+    sections: list["Section"] = field(default_factory=list)  # shown first, before the doctor
+
+
+@dataclass(frozen=True)
+class Section:
+    """An extra section a caller puts at the top (``tether demo``: its evaluation); the caller
+    escapes what it shows."""
+
+    title: str
+    html: str
+    markdown: str
+
 
 SEVERITY_COLORS = {"critical": "#b3261e", "warning": "#a15c00", "info": "#1f5fa8"}
 RESPONSE_CHARS = 600  # longer responses are cut in the tables (samples.jsonl has them whole)
@@ -46,7 +73,7 @@ def _clip(text: Any) -> str:
     return text if len(text) <= RESPONSE_CHARS else text[:RESPONSE_CHARS] + " …"
 
 
-def render_html(ctx: "ReportContext") -> str:
+def render_html(ctx: ReportContext) -> str:
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -124,7 +151,7 @@ def _md_cell(value: Any) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def render_markdown(ctx: "ReportContext") -> str:
+def render_markdown(ctx: ReportContext) -> str:
     lines = [f"# {ctx.title}", "", f"`{ctx.run_dir}` · {ctx.n_iterations} iterations", ""]
     for section in ctx.sections:
         lines += [f"## {section.title}", "", section.markdown.rstrip("\n"), ""]

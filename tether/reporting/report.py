@@ -9,7 +9,7 @@ alone opens from a laptop, a CI artifact or a cluster's file browser alike.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from tether.diagnostics.thresholds import DEFAULT_THRESHOLDS, Thresholds
 from tether.diagnostics.trace import RunTrace, build_trace
 from tether.errors import TetherError
 from tether.reporting import plots
-from tether.reporting.render import embed_images, render_html, render_markdown
+from tether.reporting.render import ReportContext, Section, embed_images, render_html, render_markdown
 
 PLOTS_DIR = "report_plots"
 # the metrics summarised in the "at a glance" table, when logged
@@ -30,33 +30,6 @@ SUMMARY_KEYS = [
     "policy/approx_kl", "policy/clipfrac", "value/explained_variance", "rollout/response_length",
     "rollout/eos_fraction", "time/iteration_s",
 ]  # fmt: skip
-
-
-@dataclass
-class ReportContext:
-    """Everything the HTML and Markdown renderers show; paths are relative to the report."""
-
-    title: str
-    run_dir: Path
-    n_iterations: int
-    findings: list[Finding]
-    summary: list[tuple[str, float, float, float, float]]  # key, first, last, min, max
-    plots: list[tuple[str, str]]  # (caption, relative path)
-    samples: list[tuple[int, list[dict[str, Any]]]]  # (iteration, rows best first)
-    config_text: str = ""
-    eval: dict[str, Any] | None = None
-    notes: list[str] = field(default_factory=list)
-    sections: list["Section"] = field(default_factory=list)  # shown first, before the doctor
-
-
-@dataclass(frozen=True)
-class Section:
-    """An extra section a caller puts at the top (``tether demo``: its evaluation); the caller
-    escapes what it shows."""
-
-    title: str
-    html: str
-    markdown: str
 
 
 @dataclass(frozen=True)

@@ -87,23 +87,6 @@ class NullLogger:
         pass
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Reads a metrics/samples file, tolerating a torn last line from a live or killed run."""
-    rows = []
-    path = Path(path)
-    if not path.exists():
-        return rows
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
-
-
 # ---- options, checked when the config is parsed ------------------------------------------
 
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from tether.ops.masking import mask_after_first_eos
+from tether.data.sequences import left_pad, right_pad  # noqa: F401 (right_pad: the other half of a rollout's padding)
+from tether.ops.masking import mask_after_first_eos, real_width
 from tether.ops.sampling import inverse_cdf_sample
 from tether.types import Rollout
 
@@ -29,29 +30,6 @@ class SamplingSettings:
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1.0 = off
     min_new_tokens: int = 0
-
-
-def left_pad(sequences: list[list[int]], pad_id: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token lists -> (ids (B, P), mask (B, P) bool), padded on the left."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.bool)
-    for row, seq in enumerate(sequences):
-        if seq:
-            ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-            mask[row, width - len(seq) :] = True
-    return ids.to(device), mask.to(device)
-
-
-def right_pad(sequences: list[list[int]], pad_id: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token lists -> (ids (B, R), mask (B, R) bool), padded on the right."""
-    width = max(max(len(s) for s in sequences), 1)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.bool)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[row, : len(seq)] = True
-    return ids.to(device), mask.to(device)
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:
@@ -196,7 +174,7 @@ def build_rollout(
     ended = (torch.isin(response_ids, torch.tensor(eos_ids, device=response_ids.device)) & response_mask).any(1)
     response_ids = response_ids.masked_fill(~response_mask, pad_id)
     # trim columns past the longest response (all padding)
-    width = max(int(response_mask.sum(1).max().item()), 1)
+    width = real_width(response_mask)
     response_ids, response_mask = response_ids[:, :width], response_mask[:, :width]
     if token_logprobs is not None:
         token_logprobs = token_logprobs[:, :width].masked_fill(~response_mask, 0.0)

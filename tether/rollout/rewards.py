@@ -1,21 +1,38 @@
-"""Where sequence scores come from: a trained reward model, or a Python function.
+"""Where sequence scores come from: Python functions, trained reward models and reward servers,
+alone or several combined with weights.
 
-Both turn a ``Rollout`` into scores (B,). A function is named ``module:function`` and called
-as ``fn(prompts: list[str], responses: list[str]) -> list[float]`` (rule-based rewards,
-simulated humans, unit tests). Prompts are passed as text (the last user message for chats).
+Each source turns a ``Rollout`` into scores (B,):
+
+- a function, named ``module:function`` (or, from Python, any callable), called as
+  ``fn(prompts: list[str], responses: list[str]) -> list[float]``; prompts are passed as text
+  (the last user message for chats);
+- a scalar-head reward model (a folder from ``tether train-rm``, an alias, or a Hub id);
+- a reward server: ``http(s)://host:port/path``, a JSON POST (tether.rollout.remote_reward,
+  wire format in docs/rewards.md).
+
+Several sources are summed with weights (TRL's ``reward_funcs`` + ``reward_weights``):
+``score = Σ_i w_i · score_i``; ``CombinedReward`` keeps each component of its latest call so
+that the loop logs them as ``reward/<name>``.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+from urllib.parse import urlparse
 
 import torch
 
 from tether.data.templates import prompt_text
-from tether.errors import TetherError
+from tether.errors import ConfigError, TetherError
 from tether.models.forward import build_inputs
+from tether.rollout.reward_values import checked_scores
 from tether.types import Rollout
 from tether.utils.imports import load_function as load_user_function
+
+# module:function (dotted module path, identifier): anything else that is not a URL is a model
+FUNCTION_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 class RewardSource(Protocol):
@@ -28,29 +45,29 @@ def load_function(spec: str, what: str = "reward function") -> Callable:
     return load_user_function(spec, what)
 
 
-class FunctionReward:
-    """Scores from ``fn(prompts, responses)``; validates what it returns."""
+# ----------------------------------------------------------------------------------------------
+# the sources
 
-    def __init__(self, spec: str):
-        self.spec = spec
-        self.fn = load_function(spec)
+
+class FunctionReward:
+    """Scores from ``fn(prompts, responses)``: a ``module:function`` name or a callable."""
+
+    def __init__(self, fn: str | Callable, name: str | None = None):
+        self.spec = fn if isinstance(fn, str) else _callable_name(fn)
+        self.fn = load_function(fn) if isinstance(fn, str) else fn
+        self.who = f"reward function {name if name and not isinstance(fn, str) else self.spec}"
 
     def __call__(self, rollout: Rollout) -> torch.Tensor:
         prompts = [prompt_text(p) for p in rollout.prompts]
         try:
             values = self.fn(prompts, list(rollout.responses))
+        except SystemExit as exc:  # never let a reward end the run as if it had finished (exit 0, no policy)
+            raise TetherError(f"{self.who} called sys.exit({exc.code!r}); a reward function must return "
+                              "scores, not end the process") from None
         except Exception as exc:  # the user's code: report it on one line, not as a traceback
-            raise TetherError(f"reward function {self.spec} raised {type(exc).__name__}: {exc}") from None
-        try:
-            values = [float(v) for v in values]
-        except (TypeError, ValueError):
-            raise TetherError(f"reward function {self.spec} must return a list of numbers") from None
-        if len(values) != len(rollout):
-            raise TetherError(
-                f"reward function {self.spec} returned {len(values)} scores for {len(rollout)} responses"
-            )
-        # NaN/inf pass through on purpose: the loop's guard skips that update and reports it.
-        return torch.tensor(values, dtype=torch.float32, device=rollout.response_ids.device)
+            raise TetherError(f"{self.who} raised {type(exc).__name__}: {exc}") from None
+        scores = checked_scores(values, len(rollout), self.who)
+        return torch.tensor(scores, dtype=torch.float32, device=rollout.response_ids.device)
 
 
 class ModelReward:
@@ -97,6 +114,164 @@ class ModelReward:
         return (*left_pad(prompt_tokens, pad, device), *right_pad(response_tokens, pad, device))
 
 
+class CombinedReward:
+    """``Σ_i w_i · score_i`` over named sources. ``components`` holds each source's (B,) scores
+    from the latest call (unweighted), for the loop's ``reward/<name>`` metrics."""
+
+    def __init__(self, sources: list[tuple[str, RewardSource, float]]):
+        self.sources = sources
+        self.components: dict[str, torch.Tensor] = {}
+
+    @property
+    def models(self) -> list[torch.nn.Module]:
+        """The reward models among the sources (offload_frozen moves them to the device to score)."""
+        return [source.model for _, source, _ in self.sources if isinstance(source, ModelReward)]
+
+    def __call__(self, rollout: Rollout) -> torch.Tensor:
+        components = {name: source(rollout).float() for name, source, _ in self.sources}
+        self.components = components
+        total = sum(weight * components[name] for name, _, weight in self.sources)
+        return total.float()
+
+
+# ----------------------------------------------------------------------------------------------
+# from the config (and the Python API) to the sources
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    """One named, weighted reward source: ``module:function`` or a callable ("function"), a
+    reward model's folder, alias or Hub id ("model"), or a reward server's URL ("http")."""
+
+    name: str  # the metric is reward/<name>
+    source: str | Callable
+    kind: str  # "function", "model" or "http"
+    weight: float = 1.0
+
+
+def source_kind(source: str | Callable) -> str:
+    """What an entry of ``rewards`` (or ``reward=``) names: ``http(s)://...`` a server,
+    ``module:function`` (or a callable) a function, anything else a reward model."""
+    if callable(source) or FUNCTION_SPEC.match(source):
+        return "function"
+    if source.startswith(("http://", "https://")):
+        return "http"
+    return "model"
+
+
+def config_sources(config) -> list[tuple[str, str]]:
+    """The config's reward sources as (source, kind), in order: ``reward_model`` (a model),
+    ``reward_function`` (a function), then each of ``rewards`` (told apart by its form)."""
+    sources = [(config.reward_model, "model")] if config.reward_model is not None else []
+    if config.reward_function is not None:
+        sources.append((config.reward_function, "function"))
+    return sources + [(s, source_kind(s)) for s in getattr(config, "rewards", None) or []]
+
+
+def reward_specs(config, python: Any = None) -> list[RewardSpec]:
+    """The run's named, weighted sources: the config's, or those passed from Python
+    (``tether.PPO(config, reward=...)``: a callable, a source string, a list of them, or a dict
+    name -> source), never both. Weights: ``config.reward_weights``, else 1 each."""
+    given = config_sources(config)
+    if python is not None and given:
+        raise ConfigError("the reward is given twice: in the config (reward_model, reward_function or rewards) and "
+                          "as reward=; keep one")
+    named = _named(python) if python is not None else [(None, source, kind) for source, kind in given]
+    if not named:
+        raise ConfigError("no reward: set reward_model (a folder), reward_function (module:function) or rewards "
+                          "(functions, reward models, http:// reward servers); from Python, reward=")
+    weights = list(config.reward_weights) if getattr(config, "reward_weights", None) is not None else [1.0] * len(named)
+    if len(weights) != len(named):
+        raise ConfigError(f'field "reward_weights" has {len(weights)} weight(s) for {len(named)} reward source(s); '
+                          "give one per source, in the same order")
+    names = _unique([name or default_name(source, kind) for name, source, kind in named])
+    return [RewardSpec(n, source, kind, float(w)) for n, (_, source, kind), w in zip(names, named, weights)]
+
+
+def _named(python: Any) -> list[tuple[str | None, str | Callable, str]]:
+    if isinstance(python, dict):
+        items = list(python.items())
+    elif isinstance(python, (list, tuple)):
+        items = [(None, s) for s in python]
+    else:
+        items = [(None, python)]
+    for name, source in items:
+        if not (callable(source) or isinstance(source, str)):
+            raise ConfigError(f"reward= takes callables fn(prompts, responses) -> list[float] or source strings "
+                              f"(module:function, a reward-model folder, an http:// URL); got {type(source).__name__}")
+    return [(name, source, source_kind(source)) for name, source in items]
+
+
+def default_name(source: str | Callable, kind: str) -> str:
+    """The metric name of a source: a function's name, a model folder's last part, a server's
+    host_port_path; characters other than letters, digits, '.', '-' and '_' become '_'."""
+    if kind == "function":
+        name = _callable_name(source).rpartition(".")[2] if callable(source) else source.rpartition(":")[2]
+    elif kind == "http":
+        url = urlparse(source)
+        name = f"{url.hostname}_{url.port}{url.path}" if url.port else f"{url.hostname}{url.path}"
+    else:
+        name = source.rstrip("/").rsplit("/", 1)[-1]
+    return re.sub(r"[^\w.-]+", "_", name).strip("_") or "reward"
+
+
+def _callable_name(fn: Callable) -> str:
+    name = getattr(fn, "__qualname__", None) or getattr(type(fn), "__qualname__", "reward")
+    return name.replace("<lambda>", "lambda").replace("<locals>.", "")
+
+
+def _unique(names: list[str]) -> list[str]:
+    out: list[str] = []
+    for name in names:
+        candidate, n = name, 2
+        while candidate in out:
+            candidate, n = f"{name}_{n}", n + 1
+        out.append(candidate)
+    return out
+
+
+def check_reward_specs(specs: list[RewardSpec]) -> None:
+    """What can be checked before any model loads: functions import, models resolve, URLs parse."""
+    from tether.models.registry import resolve_model
+
+    for spec in specs:
+        if spec.kind == "function" and isinstance(spec.source, str):
+            load_function(spec.source)
+        elif spec.kind == "model":
+            try:
+                resolve_model(spec.source)
+            except TetherError as exc:
+                raise ConfigError(f"reward {spec.name!r}: {exc} (a function is written module:function, "
+                                  "a reward server http://host:port/path)") from None
+        elif spec.kind == "http" and not urlparse(spec.source).hostname:
+            raise ConfigError(f"reward {spec.name!r}: {spec.source!r} is not a URL of the form http://host:port/path")
+
+
+def build_reward(specs: list[RewardSpec], config, policy_tokenizer, device: torch.device) -> CombinedReward:
+    """Each spec as a source: functions imported, reward models loaded frozen on ``device``,
+    servers reached through ``RemoteReward`` (``reward_timeout``, ``reward_retries``)."""
+    sources = []
+    for spec in specs:
+        if spec.kind == "function":
+            source: RewardSource = FunctionReward(spec.source, spec.name)
+        elif spec.kind == "http":
+            from tether.rollout.remote_reward import RemoteReward
+
+            source = RemoteReward(spec.source, config.reward_timeout, config.reward_retries)
+        else:
+            source = _model_reward(spec.source, config, policy_tokenizer, device)
+        sources.append((spec.name, source, spec.weight))
+    return CombinedReward(sources)
+
+
+def _model_reward(path: str, config, policy_tokenizer, device: torch.device) -> ModelReward:
+    from tether.models.loading import freeze, load_tokenizer
+    from tether.models.scalar_head import ScalarHeadModel
+
+    model = freeze(ScalarHeadModel.from_pretrained(path, device), config.precision)
+    return ModelReward(model, load_tokenizer(path), policy_tokenizer, config.forward_batch_size, config.chat_template)
+
+
 def is_finite(scores: torch.Tensor) -> bool:
     return bool(torch.isfinite(scores).all()) if scores.numel() else True
 
@@ -106,4 +281,5 @@ def describe_nonfinite(scores: torch.Tensor) -> str:
     return f"{len(bad)} non-finite score(s) at rows {bad[:8]}" + ("..." if len(bad) > 8 else "")
 
 
-__all__ = ["RewardSource", "FunctionReward", "ModelReward", "load_function", "is_finite", "describe_nonfinite"]
+__all__ = ["RewardSource", "FunctionReward", "ModelReward", "CombinedReward", "RewardSpec", "reward_specs",
+           "check_reward_specs", "build_reward", "checked_scores", "load_function", "is_finite", "describe_nonfinite"]

@@ -39,8 +39,9 @@ from pathlib import Path
 
 import torch
 
+from tether.data.sequences import left_pad, right_pad
 from tether.errors import TetherError
-from tether.rollout.generation import SamplingSettings, build_rollout, eos_token_ids, left_pad, right_pad
+from tether.rollout.generation import SamplingSettings, build_rollout, eos_token_ids
 from tether.types import Rollout
 
 INSTALL_HINT = (

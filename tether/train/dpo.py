@@ -28,16 +28,18 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal, Sequence
+from typing import Annotated, ClassVar, Literal, Sequence
 
 import torch
 
+from tether.config import Count, NonNegative, Positive, PositiveInt, Range, Seed, check_ranges
 from tether.data.batching import PreferenceBatch, TokenizedPair, collate_pairs, iterate_batches
 from tether.errors import ConfigError
 from tether.models.forward import policy_forward
 from tether.models.loading import freeze, load_causal_lm
 from tether.models.registry import resolve_model
 from tether.ops.losses import dpo_loss
+from tether.ops.masking import real_width
 from tether.reporting.sinks import SinkOptions
 from tether.train.reward_model import start_preference_run
 from tether.utils.precision import autocast
@@ -52,6 +54,7 @@ DPO_STATS = ("rewards/chosen", "rewards/rejected", "rewards/accuracy", "rewards/
 @dataclass(frozen=True)
 class DPOConfig(SinkOptions):
     algorithm: ClassVar[str] = "dpo"  # run directory prefix: runs/dpo-<timestamp>
+    model_fields: ClassVar[tuple[str, ...]] = ("model", "reference")  # model folders checked before the run starts
     # --- models -------------------------------------------------------------------------------
     model: str = "tiny-llama"  # policy init: folder, .gguf file, or alias (smollm2, tiny-llama); usually the SFT model
     reference: str | None = None  # frozen π_ref; default: the policy's starting weights (model)
@@ -60,32 +63,32 @@ class DPOConfig(SinkOptions):
     split: str | None = None  # split of a DatasetDict folder (default: train)
     eval_data: str | None = None  # held-out preferences; default: hold out eval_fraction of the prompts
     eval_split: str | None = None  # split of eval_data when it is a DatasetDict folder
-    eval_fraction: float = 0.1  # share of prompts held out when eval_data is not given (0: no eval)
+    eval_fraction: Annotated[float, Range(ge=0, lt=1)] = 0.1  # share of prompts held out when eval_data is not given (0: no eval)
     skip_bad_rows: bool = False  # count and skip malformed rows instead of stopping at the first
     chat_template: bool | Literal["auto"] = "auto"  # render prompts with the tokenizer's chat template
-    max_length: int = 512  # prompt + response tokens; longer responses are cut at the end
-    max_prompt_length: int | None = None  # cut prompts to their last N tokens; None: keep whole
+    max_length: PositiveInt = 512  # prompt + response tokens; longer responses are cut at the end
+    max_prompt_length: PositiveInt | None = None  # cut prompts to their last N tokens; None: keep whole
     # --- loss ---------------------------------------------------------------------------------
-    beta: float = 0.1  # β: strength of the KL anchor to π_ref (implicit reward scale)
-    label_smoothing: float = 0.0  # cDPO: assumed probability that a label is flipped, in [0, 0.5)
+    beta: Positive = 0.1  # β: strength of the KL anchor to π_ref (implicit reward scale)
+    label_smoothing: Annotated[float, Range(ge=0, lt=0.5)] = 0.0  # cDPO: assumed probability that a label is flipped, in [0, 0.5)
     loss_type: Literal["sigmoid", "ipo"] = "sigmoid"  # sigmoid: DPO / cDPO; ipo: (h - 1/(2β))²
     # --- optimisation -------------------------------------------------------------------------
-    epochs: int = 1  # passes over the pairs
-    max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs)
-    batch_size: int = 8  # pairs per optimizer step
-    micro_batch_size: int | None = None  # pairs per forward/backward (gradient accumulation); default batch_size
-    learning_rate: float = 5e-7
+    epochs: PositiveInt = 1  # passes over the pairs
+    max_steps: PositiveInt | None = None  # stop after this many optimizer steps (overrides epochs)
+    batch_size: PositiveInt = 8  # pairs per optimizer step
+    micro_batch_size: PositiveInt | None = None  # pairs per forward/backward (gradient accumulation); default batch_size
+    learning_rate: NonNegative = 5e-7
     lr_schedule: Literal["constant", "linear", "cosine"] = "linear"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    eval_every: int = 50  # steps between held-out evaluations (and always after the last step)
-    ref_batch_size: int = 16  # pairs per no-grad forward when precomputing the reference log-probs
-    checkpoint_every: int = 0  # full-state checkpoint every N steps; 0 = only on SIGINT/SIGTERM
-    keep_checkpoints: int = 2  # newest checkpoints kept in <run>/checkpoints
+    warmup_steps: Count = 0
+    weight_decay: NonNegative = 0.0
+    max_grad_norm: Positive = 1.0
+    eval_every: PositiveInt = 50  # steps between held-out evaluations (and always after the last step)
+    ref_batch_size: PositiveInt = 16  # pairs per no-grad forward when precomputing the reference log-probs
+    checkpoint_every: Count = 0  # full-state checkpoint every N steps; 0 = only on SIGINT/SIGTERM
+    keep_checkpoints: PositiveInt = 2  # newest checkpoints kept in <run>/checkpoints
     resume: str | None = None  # "auto": continue <output_dir>/<run_name> from its checkpoint; or a run dir
     # --- system -------------------------------------------------------------------------------
-    seed: int = 0
+    seed: Seed = 0
     device: str = "auto"  # auto, cpu, cuda, cuda:1, mps
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast compute, fp32 master weights
     output_dir: str = "runs"
@@ -96,19 +99,15 @@ class DPOConfig(SinkOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()  # the metric-sink fields
+        check_ranges(self)  # each numeric field's declared bounds; the checks below relate fields
         if not self.data:
             raise ConfigError('field "data" is required: a preference file (prompt/chosen/rejected or rankings)')
         validate_common(self)
-        if not self.beta > 0:
-            raise ConfigError(f'field "beta" must be > 0, got {self.beta}')
-        if not 0 <= self.label_smoothing < 0.5:
-            raise ConfigError(f'field "label_smoothing" must be in [0, 0.5), got {self.label_smoothing}')
         if self.loss_type == "ipo" and self.label_smoothing:
             raise ConfigError('label_smoothing applies to loss_type "sigmoid" only (cDPO); set it to 0 for ipo')
-        if self.micro_batch_size is not None and not 1 <= self.micro_batch_size <= self.batch_size:
-            raise ConfigError(f'field "micro_batch_size" must be between 1 and batch_size = {self.batch_size}')
-        if self.ref_batch_size < 1:
-            raise ConfigError(f'field "ref_batch_size" must be >= 1, got {self.ref_batch_size}')
+        if self.micro_batch_size is not None and self.micro_batch_size > self.batch_size:
+            raise ConfigError(f'field "micro_batch_size" must be at most batch_size = {self.batch_size}, '
+                              f"got {self.micro_batch_size}")
 
 
 # ----- log-probs ----------------------------------------------------------------------------
@@ -258,7 +257,7 @@ def _select(batch: PreferenceBatch, rows: torch.Tensor) -> PreferenceBatch:
     (``build_inputs`` trims the prompt side; the response side is cut here)."""
     def part(b):
         mask = b.response_mask[rows]
-        width = max(int(mask.sum(1).max().item()), 1)
+        width = real_width(mask)
         return type(b)(b.prompt_ids[rows], b.prompt_mask[rows], b.response_ids[rows][:, :width], mask[:, :width])
 
     if len(rows) == len(batch):

@@ -1,34 +1,33 @@
-"""``tether ppo`` and the online alternatives: ``a2c``, ``grpo``, ``rloo``, ``reinforce-pp``.
-All take ``--config FILE.yaml`` and trailing ``key=value`` overrides."""
+"""``tether ppo`` and the online alternatives, one command per row of the algorithm table
+(``a2c``, ``grpo``, ``dr-grpo``, ``rloo``, ``reinforce-pp``). All take ``--config FILE.yaml``
+and trailing ``key=value`` overrides."""
 
 from __future__ import annotations
 
 import argparse
 
 from tether.config import load_config
-
-COMMANDS = {
-    "ppo": ("ppo", "PPO: clipped surrogate, critic, KL-shaped rewards (the default)"),
-    "a2c": ("a2c", "advantage actor-critic: GAE advantages, one unclipped step per batch"),
-    "grpo": ("grpo", "GRPO: group-normalised advantages, KL in the loss, no critic"),
-    "rloo": ("rloo", "RLOO: leave-one-out baseline over K samples per prompt, no critic"),
-    "reinforce-pp": ("reinforce_pp", "REINFORCE++: batch-normalised returns with per-token KL, no critic"),
-}
+from tether.train.algorithms import ALGORITHMS
 
 
 # What may change when a run is continued; anything else would not be the same run.
 RESUME_OVERRIDES = ("total_iterations", "checkpoint_every", "keep_checkpoints", "quiet", "max_consecutive_skips")
 
 
+def commands() -> dict[str, str]:
+    """``tether <command>`` -> the algorithm (row of ALGORITHMS) it runs."""
+    return {spec.command: spec.name for spec in ALGORITHMS.values()}
+
+
 def register(subparsers) -> None:
-    for command, (algorithm, help_text) in COMMANDS.items():
-        parser = subparsers.add_parser(command, help=help_text, description=help_text)
+    for spec in ALGORITHMS.values():
+        parser = subparsers.add_parser(spec.command, help=spec.summary, description=spec.summary)
         parser.add_argument("--config", help="YAML config (see configs/); fields of tether.train.ppo_config.PPOConfig")
         parser.add_argument("--resume", metavar="RUN_DIR",
                             help="continue RUN_DIR from its newest complete checkpoint, with its own config.yaml "
                                  f"(overrides allowed: {', '.join(RESUME_OVERRIDES)})")
         parser.add_argument("overrides", nargs="*", help="key=value overrides applied after the file")
-        parser.set_defaults(func=_run, algorithm=algorithm)
+        parser.set_defaults(func=_run, algorithm=spec.name)
 
 
 def _run(args: argparse.Namespace) -> int:

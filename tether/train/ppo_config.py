@@ -1,17 +1,21 @@
-"""The typed config of ``tether ppo`` and of the online alternatives (a2c, grpo, rloo,
+"""The typed config of ``tether ppo`` and of the online alternatives (a2c, grpo, dr-grpo, rloo,
 reinforce-pp), which run the same loop with another row of the algorithm table."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
-from tether.errors import ConfigError, TetherError
+from tether.config import Count, Finite, Fraction, NonNegative, Positive, PositiveInt, Range, Seed, check_ranges
+from tether.errors import ConfigError
 from tether.ops.losses import Aggregation
 from tether.reporting.sinks import SinkOptions
+from tether.train.algorithms import ALGORITHMS, algorithm_for
 
-Algorithm = Literal["ppo", "a2c", "grpo", "dr_grpo", "rloo", "reinforce_pp"]
+Algorithm = Literal[tuple(ALGORITHMS)]  # the rows of the table
+
+TisCap = Annotated[float, Range(ge=1, why="below 1 it would shrink the weight of every token on which engine and trainer agree")]
 
 
 @dataclass(frozen=True)
@@ -21,6 +25,13 @@ class PPOConfig(SinkOptions):
     reference: str | None = None  # frozen reference; default: the policy's starting weights
     reward_model: str | None = None  # scalar-head reward model folder (from `tether train-rm`)
     reward_function: str | None = None  # or a rule: module:function(prompts, responses) -> list[float]
+    # more reward sources: module:function, a reward-model folder (or alias, Hub id), an http(s):// reward server
+    # (docs/rewards.md). All sources (reward_model, reward_function, then these) are summed with reward_weights
+    # (TRL's reward_funcs + reward_weights) and each is logged as reward/<name>
+    rewards: list[str] | None = None
+    reward_weights: list[Finite] | None = None  # one weight per reward source, in order; default 1 each
+    reward_timeout: Positive = 60.0  # seconds a reward server may take to answer one request
+    reward_retries: Count = 2  # further tries after a reward server fails (no connection, timeout, HTTP 5xx/429)
     critic: Literal["separate", "shared"] = "separate"  # own model, or a value head on the policy backbone
     critic_model: str | None = None  # init of a separate critic; default: the reward model, else the policy
     # --- data ---------------------------------------------------------------------------------
@@ -29,101 +40,102 @@ class PPOConfig(SinkOptions):
     # metrics.jsonl (score, gold, win rate over the reference, KL, length, EOS; tether/train/evaluation.py).
     # Training prompts that are also eval prompts are left out of training. null: no evaluation
     eval_prompts: str | None = None
-    eval_every: int = 5  # iterations between evaluations (the last iteration is always evaluated)
+    eval_every: PositiveInt = 5  # iterations between evaluations (the last iteration is always evaluated)
     gold: str | None = None  # optional true-quality score module:function(prompt, response) -> float, logged as eval/gold_score_mean
     chat_template: bool | Literal["auto"] = "auto"  # wrap prompts in the tokenizer's chat template
-    max_prompt_tokens: int = 256  # longer prompts are cut from the left (keeping the end)
+    max_prompt_tokens: PositiveInt = 256  # longer prompts are cut from the left (keeping the end)
     # --- algorithm ----------------------------------------------------------------------------
     algorithm: Algorithm = "ppo"  # row of tether.train.algorithms.ALGORITHMS
-    total_iterations: int = 30  # rollout -> update cycles
-    batch_size: int = 16  # prompts per iteration
-    samples_per_prompt: int = 1  # responses per prompt (G for GRPO, K for RLOO; >= 2 there)
-    ppo_epochs: int = 4  # passes over each batch (A2C always 1)
-    mini_batch_size: int = 16  # responses per optimizer step
-    micro_batch_size: int = 16  # responses per forward/backward (gradient accumulation)
-    forward_batch_size: int = 32  # responses per reward-model forward (policy/ref/critic scoring uses micro_batch_size, so the first update reproduces it exactly)
-    gamma: float = 1.0  # discount (GAE)
-    lam: float = 0.95  # GAE λ
-    clip_eps: float = 0.2  # PPO ratio clip ε
-    clip_eps_high: float | None = None  # upper clip (DAPO's clip-higher); default ε
-    value_clip_eps: float = 0.2  # value clip ε_v; 0 disables
-    vf_coef: float = 0.1  # weight of the value loss in the total loss
+    total_iterations: PositiveInt = 30  # rollout -> update cycles
+    batch_size: PositiveInt = 16  # prompts per iteration
+    samples_per_prompt: PositiveInt = 1  # responses per prompt (G for GRPO, K for RLOO; >= 2 there)
+    ppo_epochs: PositiveInt = 4  # passes over each batch (A2C always 1)
+    mini_batch_size: PositiveInt = 16  # responses per optimizer step
+    micro_batch_size: PositiveInt = 16  # responses per forward/backward (gradient accumulation)
+    forward_batch_size: PositiveInt = 32  # responses per reward-model forward (policy/ref/critic scoring uses micro_batch_size, so the first update reproduces it exactly)
+    gamma: Fraction = 1.0  # discount (GAE)
+    lam: Fraction = 0.95  # GAE λ
+    clip_eps: NonNegative = 0.2  # PPO ratio clip ε
+    clip_eps_high: NonNegative | None = None  # upper clip (DAPO's clip-higher); default ε
+    value_clip_eps: NonNegative = 0.2  # value clip ε_v; 0 disables
+    vf_coef: NonNegative = 0.1  # weight of the value loss in the total loss
     # iterations at the start that train only the critic while the policy waits (verl's
     # critic_warmup, OpenRLHF's freezing_actor_steps): a critic initialised from the reward model
     # scores whole responses, not the states before each token, and its first advantages are noise
-    critic_warmup_iterations: int = 0
-    whiten_advantages: bool = True  # mean 0 / std 1 over the batch's real tokens
+    critic_warmup_iterations: Count = 0
+    # mean 0 / std 1 over the global batch's real tokens. null: the algorithm's rule, on for ppo and a2c,
+    # always for reinforce_pp (its baseline), never for grpo, dr_grpo, rloo (normalised within each group);
+    # a value the algorithm cannot honour is an error (docs/algorithms.md)
+    whiten_advantages: bool | None = None
     whiten_rewards: bool = False  # scale per-token rewards to unit variance before GAE
     loss_aggregation: Aggregation = "token-mean"  # how per-token losses become one number
     # --- KL to the reference --------------------------------------------------------------------
-    kl_coef: float = 0.05  # β (initial value when adaptive)
-    kl_target: float | None = None  # set for the adaptive controller (Ziegler et al. 2019), per-response nats
+    kl_coef: NonNegative = 0.05  # β (initial value when adaptive)
+    kl_target: Positive | None = None  # set for the adaptive controller (Ziegler et al. 2019), per-response nats
     # Adaptive controller horizon H, in samples (Ziegler et al. 2019, eq. 2). An iteration of n
     # samples moves β by at most a factor 1 ± 0.2·n/H, so a run of N samples by up to e^(±0.2·N/H).
     # null: H = N/4 (N = total_iterations x batch_size x samples_per_prompt), so a KL kept off target
     # can move β up to e^0.8 ≈ 2.2x either way over a run of any length, and one update never takes
     # β to 0 or below. The demo's 25 x 16 = 400 samples get H = 100; the usual fixed H = 10,000 would
     # move β at most 0.8% over them. Set a number for a fixed horizon (docs/algorithms.md).
-    kl_horizon: int | None = None
+    kl_horizon: PositiveInt | None = None
     kl_penalty: Literal["reward", "loss", "auto"] = "auto"  # where β·KL goes; auto: per algorithm
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"  # estimator in the reward (the loss always uses k3)
     # --- rewards ------------------------------------------------------------------------------
-    missing_eos_penalty: float | None = None  # score given to responses that never emit EOS
-    reward_clip: float | None = None  # clip sequence scores to ±this
+    missing_eos_penalty: Finite | None = None  # score given to responses that never emit EOS
+    reward_clip: Positive | None = None  # clip sequence scores to ±this
     # --- sampling -----------------------------------------------------------------------------
-    max_new_tokens: int = 24
-    temperature: float = 1.0
-    top_k: int = 0  # 0 = full distribution (recommended for RL)
-    top_p: float = 1.0
+    max_new_tokens: PositiveInt = 24
+    temperature: Positive = 1.0
+    top_k: Count = 0  # 0 = full distribution (recommended for RL)
+    top_p: Annotated[float, Range(gt=0, le=1)] = 1.0
     # --- optimisation -------------------------------------------------------------------------
-    learning_rate: float = 1e-5
-    critic_learning_rate: float | None = None  # default: learning_rate
+    learning_rate: NonNegative = 1e-5
+    critic_learning_rate: NonNegative | None = None  # default: learning_rate
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    adam_eps: float = 1e-8
-    max_grad_norm: float = 1.0
-    max_consecutive_skips: int = 5  # abort after this many non-finite updates in a row
+    warmup_steps: Count = 0
+    weight_decay: NonNegative = 0.0
+    adam_eps: Positive = 1e-8
+    max_grad_norm: Positive = 1.0
+    max_consecutive_skips: PositiveInt = 5  # abort after this many non-finite updates in a row
     # --- system -------------------------------------------------------------------------------
-    seed: int = 0
+    seed: Seed = 0
     device: str = "auto"  # auto, cpu, cuda, cuda:1, mps
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast compute, fp32 master weights
     output_dir: str = "runs"
     run_name: str | None = None  # default: <algorithm>-<timestamp>
     overwrite: bool = False  # replace an existing run of the same name (else: an error)
-    log_samples: int = 4  # sample generations written per iteration
+    log_samples: Count = 4  # sample generations written per iteration
+    sample_table_every: Count = 10  # print a table of samples (prompt, response, score, KL) every N iterations; 0 = off
     save_critic: bool = True
     quiet: bool = False  # no progress bar (CI)
     # metric_sinks and the sinks' options: inherited from SinkOptions (tether/reporting/sinks.py)
     stop_on_critical: bool = False  # checkpoint and stop when the live doctor finds a critical failure
     # --- scaling and memory (docs/scaling.md) -----------------------------------------------------
     strategy: Literal["auto", "none", "ddp", "fsdp2"] = "auto"  # under torchrun; auto: none for 1 process, else ddp
-    lora_r: int = 0  # LoRA rank of the policy's adapters (PEFT); 0 = full fine-tune. Reference = adapters off
-    lora_alpha: float = 16.0  # LoRA scaling numerator (scale = alpha / r)
-    lora_dropout: float = 0.0  # keep 0 for RL: dropout makes ρ differ from 1 on the first step
+    lora_r: Count = 0  # LoRA rank of the policy's adapters (PEFT); 0 = full fine-tune. Reference = adapters off
+    lora_alpha: Positive = 16.0  # LoRA scaling numerator (scale = alpha / r)
+    lora_dropout: Annotated[float, Range(ge=0, lt=1)] = 0.0  # keep 0 for RL: dropout makes ρ differ from 1 on the first step
     lora_target_modules: list[str] | None = None  # module names to adapt; default: every linear layer but the LM head
     gradient_checkpointing: bool = False  # recompute activations in backward (policy and critic): less memory, ~30% slower (and no shared prompt prefix)
     offload_frozen: bool = False  # keep reference and reward model on the CPU between their forwards (GPU only; no-op on CPU)
     rollout_engine: Literal["hf", "vllm"] = "hf"  # who samples: hf = generate() on the trained policy; vllm = vLLM, weights pushed after each update (extra tether[vllm]; one process, no LoRA; docs/scaling.md)
-    tis_cap: float | None = None  # vllm only: truncated importance sampling, each token's policy loss times min(π_trainer/π_vllm, tis_cap) (Yao et al. 2025; e.g. 2); null = off
+    tis_cap: TisCap | None = None  # vllm only: truncated importance sampling, each token's policy loss times min(π_trainer/π_vllm, tis_cap) (Yao et al. 2025; e.g. 2); null = off
     # --- reliability (docs/reliability.md) ------------------------------------------------------
-    checkpoint_every: int = 0  # full-state checkpoint every N iterations and at the end; 0 = only on SIGINT/SIGTERM
-    keep_checkpoints: int = 2  # newest checkpoints kept in <run>/checkpoints
+    checkpoint_every: Count = 0  # full-state checkpoint every N iterations and at the end; 0 = only on SIGINT/SIGTERM
+    keep_checkpoints: PositiveInt = 2  # newest checkpoints kept in <run>/checkpoints
     resume: str | None = None  # "auto": continue <output_dir>/<run_name> if it has a checkpoint; or a run dir
 
     def __post_init__(self) -> None:
         super().__post_init__()  # the metric-sink fields
-        if (self.reward_model is None) == (self.reward_function is None):
-            raise ConfigError("set exactly one of reward_model (a folder) or reward_function (module:function)")
+        check_ranges(self)  # each numeric field's declared bounds; the checks below relate fields
+        # the reward sources: reward_model, reward_function, then each of rewards (none: given from Python, tether.PPO)
+        sources = (self.reward_model is not None) + (self.reward_function is not None) + len(self.rewards or [])
+        if self.reward_weights is not None and sources and len(self.reward_weights) != sources:
+            raise ConfigError(f'field "reward_weights" has {len(self.reward_weights)} weight(s) for {sources} reward '
+                              "source(s) (reward_model, reward_function, then rewards); give one per source, in that order")
         if self.gold is not None and self.eval_prompts is None:
             raise ConfigError('field "gold" scores the evaluation: set eval_prompts (held-out prompts) too')
-        if self.critic_warmup_iterations < 0:
-            raise ConfigError(f'field "critic_warmup_iterations" must be >= 0, got {self.critic_warmup_iterations}')
-        positive = ("total_iterations", "batch_size", "samples_per_prompt", "ppo_epochs", "mini_batch_size",
-                    "micro_batch_size", "forward_batch_size", "max_new_tokens", "eval_every")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f'field "{name}" must be >= 1, got {getattr(self, name)}')
         rollout = self.batch_size * self.samples_per_prompt
         if rollout % self.mini_batch_size:
             raise ConfigError(
@@ -134,39 +146,16 @@ class PPOConfig(SinkOptions):
             raise ConfigError(
                 f"mini_batch_size = {self.mini_batch_size} must be a multiple of micro_batch_size = {self.micro_batch_size}"
             )
-        if self.algorithm in ("grpo", "dr_grpo", "rloo") and self.samples_per_prompt < 2:
-            raise ConfigError(f"{self.algorithm} compares samples of one prompt: set samples_per_prompt >= 2")
-        if self.temperature <= 0:
-            raise ConfigError('field "temperature" must be > 0')
-        if not 0 < self.top_p <= 1:
-            raise ConfigError('field "top_p" must be in (0, 1]')
-        for name in ("kl_coef", "learning_rate", "clip_eps", "vf_coef", "value_clip_eps"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f'field "{name}" must be >= 0')
-        if self.kl_target is not None and self.kl_target <= 0:
-            raise ConfigError('field "kl_target" must be > 0 (or null for a fixed β)')
-        if self.kl_horizon is not None and self.kl_horizon < 1:
-            raise ConfigError('field "kl_horizon" must be >= 1 (or null: a quarter of the run\'s samples)')
-        if self.checkpoint_every < 0:
-            raise ConfigError('field "checkpoint_every" must be >= 0 (0 = only on interrupt)')
-        if self.keep_checkpoints < 1:
-            raise ConfigError('field "keep_checkpoints" must be >= 1')
+        algorithm_for(self)  # the algorithm's own checks: groups, whitening
         if self.resume == "auto" and not self.run_name:
             raise ConfigError('resume: auto needs a run_name (the run directory to continue)')
-        if self.lora_r < 0 or not 0 <= self.lora_dropout < 1:
-            raise ConfigError('field "lora_r" must be >= 0 and "lora_dropout" in [0, 1)')
         if self.lora_r and self.strategy == "fsdp2":
             raise ConfigError("LoRA with strategy=fsdp2 is not supported yet; LoRA's trained state is small: use strategy=ddp")
         if self.lora_r and self.reference is not None:
             raise ConfigError("with lora_r > 0 the reference is the policy with its adapters off; leave reference unset")
-        if not 0 <= self.lam <= 1 or not 0 <= self.gamma <= 1:
-            raise ConfigError('fields "gamma" and "lam" must be in [0, 1]')
         if self.tis_cap is not None and self.rollout_engine == "hf":
             raise ConfigError('field "tis_cap" corrects a separate rollout engine\'s log-probs; with rollout_engine=hf '
                               "the policy samples itself and there is nothing to correct: leave it unset")
-        if self.tis_cap is not None and self.tis_cap < 1:
-            raise ConfigError(f'field "tis_cap" must be >= 1 (below 1 it would shrink the weight of every token '
-                              f"on which engine and trainer agree), got {self.tis_cap}")
         if self.rollout_engine == "vllm" and self.lora_r:
             raise ConfigError("rollout_engine=vllm with lora_r > 0 is not supported yet (vLLM would need the merged "
                               "weights after every update); use rollout_engine=hf")
@@ -198,29 +187,21 @@ def check_world_size(config: PPOConfig, world_size: int) -> None:
 def preflight(config: PPOConfig) -> None:
     """Checks that need the file system or the hardware, run before any model is loaded
     (docs/reliability.md lists each with its test): one message, with the fix, per failure."""
-    from pathlib import Path
-
     import torch
 
     from tether.models.loading import resolve_device
-    from tether.models.registry import resolve_model
-    from tether.rollout.rewards import load_function
+    from tether.models.registry import check_model_fields
+    from tether.rollout.rewards import check_reward_specs, config_sources, load_function, reward_specs
 
     device = resolve_device(config.device)  # cuda requested but absent: one line
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"device '{config.device}' requested but MPS is not available; use device=cpu or device=auto")
     if config.precision == "bf16" and not _bf16_works(device):
         raise ConfigError(f"precision=bf16 is not supported on {device}; use precision=fp32")
-    folders = {}
-    for name in ("policy", "reference", "reward_model", "critic_model"):
-        spec = getattr(config, name)
-        if spec is not None:
-            try:
-                folders[name] = Path(resolve_model(spec))
-            except TetherError as exc:
-                raise ConfigError(f'field "{name}": {exc}') from None
-    if config.reward_function is not None:
-        load_function(config.reward_function)
+    models = check_model_fields(config, ("policy", "reference", "reward_model", "critic_model"))
+    folders = {name: folder for name, (folder, _) in models.items()}
+    if config_sources(config):  # rewards given from Python: checked by train_ppo
+        check_reward_specs(reward_specs(config))
     if config.gold is not None:
         load_function(config.gold, "gold function")
     if config.rollout_engine == "vllm":
@@ -230,8 +211,8 @@ def preflight(config: PPOConfig) -> None:
 
         if importlib.util.find_spec("vllm") is None:
             raise ConfigError(INSTALL_HINT)
-    policy_config = _model_config(folders["policy"])
-    context = policy_config.get("max_position_embeddings")
+    policy_config = models["policy"][1]
+    context = _positive_int(policy_config.get("max_position_embeddings"))
     needed = config.max_prompt_tokens + config.max_new_tokens
     if context and needed > context:
         raise ConfigError(
@@ -255,21 +236,16 @@ def _bf16_works(device) -> bool:
         return False
 
 
-def _model_config(folder) -> dict:
-    import json
-
-    path = folder / "config.json"
-    try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except ValueError:
-        raise ConfigError(f"{path} is not valid JSON; re-export the model with save_pretrained") from None
+def _positive_int(value) -> int | None:
+    """A size from a model's config.json, or None where it is absent or not a positive int."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def _check_tokenizer(spec: str, model_config: dict) -> None:
     from tether.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(spec)  # no EOS: one line
-    vocab = model_config.get("vocab_size")
+    vocab = _positive_int(model_config.get("vocab_size"))
     if vocab and len(tokenizer) > vocab:
         raise ConfigError(
             f"the policy's tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {vocab}; "

@@ -55,8 +55,11 @@ def _run_train_rm(args: argparse.Namespace) -> int:
 
 
 def _run_eval_rm(args: argparse.Namespace) -> int:
+    from tether.config import Range, check_option
     from tether.train.rm_evaluation import evaluate_reward_model
 
+    for flag, value in (("--batch-size", args.batch_size), ("--max-length", args.max_length), ("--bins", args.bins)):
+        check_option(flag, value, Range(ge=1))
     result = evaluate_reward_model(args.model, args.data, args.split, args.skip_bad_rows, args.batch_size,
                                    args.max_length, device=args.device, bins=args.bins)
     out = Path(args.out) if args.out else Path(args.model) / "eval"

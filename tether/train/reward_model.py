@@ -21,10 +21,11 @@ import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal, Sequence
+from typing import Annotated, ClassVar, Literal, Sequence
 
 import torch
 
+from tether.config import Count, NonNegative, Positive, PositiveInt, Range, Seed, check_ranges
 from tether.data.batching import (
     PreferenceBatch,
     PromptEncoder,
@@ -39,6 +40,7 @@ from tether.data.preferences import PreferenceData, load_preferences, prompt_key
 from tether.data.templates import ChatTemplateMode, Prompt, encode_response
 from tether.errors import ConfigError, TetherError
 from tether.models.loading import load_tokenizer, resolve_device
+from tether.models.registry import check_model_fields
 from tether.models.scalar_head import ScalarHeadModel, export_reward_model
 from tether.ops.losses import bradley_terry_loss
 from tether.reporting.sinks import SinkOptions
@@ -52,38 +54,53 @@ from tether.utils.signals import GracefulStop
 from tether.utils.stats import grouped_accuracy_ci
 from tether.train.rm_selection import AccuracyVerdict, BestWeights, prompt_batches, ranked_batches
 
+# a new head's learning rate (Adam's step per coordinate): ~50x a reward model's usual backbone
+# rate, so a zero head reaches unit-order score differences within a few dozen steps
+NEW_HEAD_LEARNING_RATE = 1e-3
+
 
 @dataclass(frozen=True)
 class RewardModelConfig(SinkOptions):
     algorithm: ClassVar[str] = "rm"  # run directory prefix: runs/rm-<timestamp>
+    model_fields: ClassVar[tuple[str, ...]] = ("model", "reference_policy")  # model folders checked before the run starts
     # --- model --------------------------------------------------------------------------------
     model: str = "tiny-llama"  # init: any causal LM / encoder (a fresh scalar head), or an earlier reward model
-    fresh_head: bool = False  # re-draw the head even if the checkpoint has one (N(0, 1/(d+1)))
-    trainable_layers: int | None = None  # train only the top N blocks + final norm + head (0: head only); None: all
+    fresh_head: bool = False  # re-draw the head even if the checkpoint has one
+    # how a new head starts: "zero" (every score equal, training starts as a linear probe) or
+    # "normal" (N(0, 1/(d+1)), Stiennon et al. 2020); see ScalarHeadModel.reset_head
+    head_init: Literal["zero", "normal"] = "zero"
+    trainable_layers: Count | None = None  # train only the top N blocks + final norm + head (0: head only); None: all
     # --- data ---------------------------------------------------------------------------------
     data: str = ""  # preference pairs or rankings: .jsonl/.json/.csv/.parquet or datasets folder
     split: str | None = None  # split of a DatasetDict folder (default: train)
     eval_data: str | None = None  # held-out preferences; default: hold out eval_fraction of the prompts
     eval_split: str | None = None  # split of eval_data when it is a DatasetDict folder
-    eval_fraction: float = 0.1  # share of prompts held out when eval_data is not given (0: no eval)
+    eval_fraction: Annotated[float, Range(ge=0, lt=1)] = 0.1  # share of prompts held out when eval_data is not given (0: no eval)
     skip_bad_rows: bool = False  # count and skip malformed rows instead of stopping at the first
     chat_template: bool | Literal["auto"] = "auto"  # render prompts with the tokenizer's chat template
-    max_length: int = 512  # prompt + response tokens; longer responses are cut at the end
-    max_prompt_length: int | None = None  # cut prompts to their last N tokens; None: keep whole
+    max_length: PositiveInt = 512  # prompt + response tokens; longer responses are cut at the end
+    max_prompt_length: PositiveInt | None = None  # cut prompts to their last N tokens; None: keep whole
     # --- loss ---------------------------------------------------------------------------------
     ranking_weighting: Literal["per-prompt", "per-pair"] = "per-prompt"  # K-wise pairs weigh 1/C(K,2), or 1 each
     use_margin: bool = True  # subtract the data's "margin" inside the sigmoid where given
     # --- optimisation -------------------------------------------------------------------------
-    epochs: int = 1  # passes over the pairs (reward models overfit quickly: InstructGPT uses 1)
-    max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs)
-    batch_size: int = 8  # pairs per optimizer step (2x sequences per forward)
-    learning_rate: float = 1e-5
+    epochs: PositiveInt = 1  # passes over the pairs (reward models overfit quickly: InstructGPT uses 1)
+    max_steps: PositiveInt | None = None  # stop after this many optimizer steps (overrides epochs)
+    batch_size: PositiveInt = 8  # pairs per optimizer step (2x sequences per forward)
+    learning_rate: NonNegative = 1e-5
+    # the scalar head's own rate. None: NEW_HEAD_LEARNING_RATE for a head drawn at load time,
+    # learning_rate for one read from the checkpoint (a reward model trained further). At the
+    # backbone's rate a new head barely moves in a few hundred steps, and the backbone bends its
+    # features towards the head's initial direction instead; a faster zero-initialised head
+    # first fits a linear probe of the pretrained features, which fine-tuning then refines
+    # (LP-FT, Kumar et al. 2022). Measured on SmolLM2 in docs/reward-model.md
+    head_learning_rate: NonNegative | None = None
     lr_schedule: Literal["constant", "linear", "cosine"] = "linear"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    eval_every: int = 50  # steps between held-out accuracy / margin evaluations
-    evals_per_epoch: int | None = None  # instead of eval_every: this many evaluations per pass over the data
+    warmup_steps: Count = 0
+    weight_decay: NonNegative = 0.0
+    max_grad_norm: Positive = 1.0
+    eval_every: PositiveInt = 50  # steps between held-out accuracy / margin evaluations
+    evals_per_epoch: PositiveInt | None = None  # instead of eval_every: this many evaluations per pass over the data
     # keep the weights of the evaluation with the lowest held-out loss (early stopping on the
     # held-out prompts; their accuracy is then slightly optimistic, having chosen the step)
     keep_best: bool = False
@@ -94,31 +111,26 @@ class RewardModelConfig(SinkOptions):
     normalize: Literal["chosen", "responses", "policy", "none"] = "chosen"
     reference_policy: str | None = None  # normalize=policy: model sampled for reference responses (default: model)
     reference_prompts: str | None = None  # normalize=policy: prompts file (default: the training prompts)
-    normalize_samples: int = 256  # reference responses used to fit gain and bias
-    reference_max_new_tokens: int = 64  # normalize=policy: length limit of the samples
+    normalize_samples: Annotated[int, Range(ge=2, why="a std needs two scores")] = 256  # reference responses used to fit gain and bias
+    reference_max_new_tokens: PositiveInt = 64  # normalize=policy: length limit of the samples
     # --- system -------------------------------------------------------------------------------
-    seed: int = 0
+    seed: Seed = 0
     device: str = "auto"  # auto, cpu, cuda, cuda:1, mps
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast compute, fp32 master weights
     output_dir: str = "runs"
     run_name: str | None = None  # default: rm-<timestamp>
     quiet: bool = False  # no progress bar (CI)
     # metric_sinks and the sinks' options: inherited from SinkOptions (tether/reporting/sinks.py)
-    checkpoint_every: int = 0  # full-state checkpoint every N steps; 0 = only on SIGINT/SIGTERM
-    keep_checkpoints: int = 2  # newest checkpoints kept in <run>/checkpoints
+    checkpoint_every: Count = 0  # full-state checkpoint every N steps; 0 = only on SIGINT/SIGTERM
+    keep_checkpoints: PositiveInt = 2  # newest checkpoints kept in <run>/checkpoints
     resume: str | None = None  # "auto": continue <output_dir>/<run_name> from its checkpoint; or a run dir
 
     def __post_init__(self) -> None:
         super().__post_init__()  # the metric-sink fields
+        check_ranges(self)  # each numeric field's declared bounds; validate_common relates fields
         if not self.data:
             raise ConfigError('field "data" is required: a preference file (prompt/chosen/rejected or rankings)')
         validate_common(self)
-        if self.trainable_layers is not None and self.trainable_layers < 0:
-            raise ConfigError(f'field "trainable_layers" must be >= 0 (or null to train every block), got {self.trainable_layers}')
-        if self.evals_per_epoch is not None and self.evals_per_epoch < 1:
-            raise ConfigError(f'field "evals_per_epoch" must be >= 1 (or null: use eval_every), got {self.evals_per_epoch}')
-        if self.normalize_samples < 2:
-            raise ConfigError('field "normalize_samples" must be >= 2 (a std needs two scores)')
 
 
 @dataclass
@@ -137,6 +149,7 @@ class PreferenceRunStart:
 def start_preference_run(config) -> PreferenceRunStart:
     """Seed, load the tokenizer and the data splits, open (or resume) the run directory,
     tokenise the pairs and print the one-line data summary."""
+    check_model_fields(config, config.model_fields)  # before anything loads or the run directory is made
     device = resolve_device(config.device)
     seed_everything(config.seed)
     keep_freed_host_memory()  # tether/utils/host_memory.py
@@ -161,7 +174,8 @@ def train_reward_model(config: RewardModelConfig) -> Path:
     train_data, train_items, eval_items = begun.train_data, begun.train_items, begun.eval_items
     pad_id = tokenizer.pad_token_id
 
-    model = ScalarHeadModel.from_pretrained(config.model, device, fresh_head=config.fresh_head)
+    model = ScalarHeadModel.from_pretrained(config.model, device, fresh_head=config.fresh_head,
+                                            new_head=config.head_init)
     model.set_normalization(1.0, 0.0)  # train on raw scores; gain and bias are refitted below
     if config.trainable_layers is not None:
         model.train_top_layers(config.trainable_layers)
@@ -169,7 +183,7 @@ def train_reward_model(config: RewardModelConfig) -> Path:
     steps_per_epoch = len(prompt_batches(train_items, config.batch_size))
     total_steps = config.max_steps or steps_per_epoch * config.epochs
     eval_every = max(1, steps_per_epoch // config.evals_per_epoch) if config.evals_per_epoch else config.eval_every
-    optimizer, scheduler = make_optimizer([p for p in model.parameters() if p.requires_grad], config, total_steps)
+    optimizer, scheduler = make_optimizer(_parameter_groups(model, config), config, total_steps)
     collate = lambda items: collate_pairs(items, pad_id)  # noqa: E731
 
     best = BestWeights()
@@ -229,6 +243,19 @@ def train_reward_model(config: RewardModelConfig) -> Path:
     save_pretrained_atomic(model, run.path / "reward_model", tokenizer)
     run.close()
     return run.path / "reward_model"
+
+
+def _parameter_groups(model: ScalarHeadModel, config: RewardModelConfig) -> list[dict]:
+    """The trainable parameters, the head in its own group when it has its own learning rate."""
+    head = [p for p in model.head.parameters() if p.requires_grad]
+    head_ids = {id(p) for p in head}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+    head_lr = config.head_learning_rate
+    if head_lr is None and model.head_is_new:
+        head_lr = NEW_HEAD_LEARNING_RATE
+    if head_lr is None:
+        return [{"params": rest + head}]
+    return [{"params": rest}, {"params": head, "lr": head_lr}]
 
 
 def preference_loss(model: ScalarHeadModel, batch: PreferenceBatch, config: RewardModelConfig):

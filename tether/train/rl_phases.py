@@ -1,6 +1,6 @@
-"""The phases of one online RL iteration, each a function the loop in ``ppo.py`` calls in
-order: score -> shape rewards -> advantages -> minibatch updates. (Generation is in
-``tether.rollout.generation``.)"""
+"""The phases of one online RL iteration, each a function ``tether.train.iteration.iterate``
+calls in order: score -> shape rewards -> minibatch updates (the advantages are the algorithm
+row's estimator; generation is the rollout engine's)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 
 from tether.models.forward import build_inputs
 from tether.ops.kl import kl_estimate
-from tether.ops.losses import aggregate_loss, value_loss
-from tether.train.algorithms import AlgorithmSpec
+from tether.ops.masking import real_width
+from tether.train.algorithms import AlgorithmSpec, LossInputs
 from tether.train.roles import Roles
 from tether.train.run_dir import nonfinite_weights_error, weights_finite
 from tether.utils.precision import autocast
@@ -27,7 +27,7 @@ def _trimmed(rollout: Rollout, rows: torch.Tensor):
     the same trimming ``TrainBatch.select`` applies, so that the scoring pass and the first
     training pass see identical inputs and ρ starts at exactly 1."""
     mask = rollout.response_mask[rows]
-    width = max(int(mask.sum(1).max().item()), 1)
+    width = real_width(mask)
     return rollout.prompt_ids[rows], rollout.prompt_mask[rows], rollout.response_ids[rows][:, :width], mask[:, :width]
 
 
@@ -86,6 +86,13 @@ def shape_rewards(scored: ScoredRollout, kl_coef: float, kl_in_reward: bool, est
     last = (scored.rollout.response_lengths - 1).clamp(min=0)
     rewards = rewards.scatter_add(1, last[:, None], scored.scores[:, None].to(rewards.dtype))
     return rewards * mask, kl
+
+
+def sequence_kl(scored: ScoredRollout, kind: str) -> torch.Tensor:
+    """(B,) each response's KL to the reference: the per-token estimate ``kind`` (k1, k2, k3)
+    summed over its real tokens."""
+    mask = scored.rollout.response_mask
+    return kl_estimate(scored.old_logprobs, scored.ref_logprobs, kind).mul(mask).sum(1)
 
 
 @dataclass
@@ -179,40 +186,33 @@ def _clip(params, max_norm: float) -> torch.Tensor:
     return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
-def _micro_step(roles, mb: TrainBatch, algorithm, config, kl_coef, kl_in_loss, device, n_tokens, n_seqs, stats,
-                critic_only: bool = False):
+def _micro_step(roles, mb: TrainBatch, algorithm: AlgorithmSpec, config, kl_coef, kl_in_loss, device, n_tokens,
+                n_seqs, stats: UpdateStats, critic_only: bool = False) -> torch.Tensor:
+    """The forward pass of one micro-batch and the sum of the algorithm's loss terms, in the
+    row's order. ``critic_only`` (critic warm-up): the value loss alone; with a separate critic
+    the policy's forward is skipped, with a shared one the other terms are weighed 0 (the
+    backbone learns values only)."""
     inputs = build_inputs(mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
-    agg = dict(aggregation=config.loss_aggregation, num_tokens=n_tokens, num_sequences=n_seqs)
-    norm = dict(mode=config.loss_aggregation, num_tokens=n_tokens, num_sequences=n_seqs)
-    if critic_only and roles.critic is not None:  # a separate critic: the policy's forward is not needed
-        with autocast(device, config.precision):
-            values = roles.critic_values(inputs, mb.response_ids.shape[1])
-        v_loss, v_stats = value_loss(values.float(), mb.old_values, mb.returns, mb.response_mask, config.value_clip_eps, **agg)
-        stats.add("losses/value_loss", v_loss)
-        stats.add("value/clipfrac", v_stats["clipfrac"])
-        return config.vf_coef * v_loss
+    logprobs = None
     with autocast(device, config.precision):
-        out = roles.policy_outputs(inputs, mb.response_ids, config.temperature)
-        values = out.values
-        if roles.critic is not None:
+        if critic_only and roles.critic is not None:
             values = roles.critic_values(inputs, mb.response_ids.shape[1])
-    pg_loss, pg_stats = algorithm.policy_loss(
-        out.logprobs, mb.old_logprobs, mb.advantages, mb.response_mask,
-        clip_eps=config.clip_eps, clip_eps_high=config.clip_eps_high, **agg,
-    )
-    loss = pg_loss * 0.0 if critic_only else pg_loss  # shared critic warm-up: the backbone learns values only
-    stats.add("losses/policy_loss", pg_loss)
-    for name, value in pg_stats.items():
-        stats.add(f"policy/{name}", value)
-    if kl_in_loss:
-        # KL in the loss (GRPO): k3 of π_θ against π_ref, unbiased and ≥ 0 (Shao et al. 2024)
-        kl_loss = aggregate_loss(kl_estimate(out.logprobs, mb.ref_logprobs, "k3"), mb.response_mask, **norm)
-        loss = loss + kl_coef * kl_loss
-        stats.add("losses/kl_loss", kl_loss)
-    if values is not None and mb.returns is not None:
-        v_loss, v_stats = value_loss(values.float(), mb.old_values, mb.returns, mb.response_mask, config.value_clip_eps, **agg)
-        loss = loss + config.vf_coef * v_loss
-        stats.add("losses/value_loss", v_loss)
-        stats.add("value/clipfrac", v_stats["clipfrac"])
-    stats.add("losses/total_loss", loss)
+        else:
+            out = roles.policy_outputs(inputs, mb.response_ids, config.temperature)
+            logprobs, values = out.logprobs, out.values
+            if roles.critic is not None:
+                values = roles.critic_values(inputs, mb.response_ids.shape[1])
+    x = LossInputs(mb, logprobs, values.float() if values is not None else None, algorithm, config, kl_coef,
+                   kl_in_loss, n_tokens, n_seqs)
+    loss = None
+    for term in algorithm.loss_terms:
+        part = term(x)
+        if part is None:
+            continue
+        for name, value in part.stats.items():
+            stats.add(name, value)
+        weighted = part.loss * 0.0 if critic_only and not part.trains_critic else part.loss
+        loss = weighted if loss is None else loss + weighted
+    if logprobs is not None:
+        stats.add("losses/total_loss", loss)
     return loss

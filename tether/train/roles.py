@@ -1,6 +1,6 @@
 """The four RLHF roles, built once from a config: policy π_θ (trained), reference π_ref
 (frozen), critic V_ω (trained; a separate scalar-head model or a head on the policy's
-backbone) and the reward source r_φ (frozen model or a Python function).
+backbone) and the reward r_φ (frozen reward models, Python functions, reward servers, weighted).
 
 The loop never calls a model directly: ``policy_outputs``, ``reference_logprobs`` and
 ``critic_values`` hide what scaling adds (docs/scaling.md): the trained roles' forwards run
@@ -18,7 +18,7 @@ from tether.models.forward import PolicyOutputs, SequenceInputs, policy_forward
 from tether.models.loading import freeze, load_causal_lm, load_tokenizer
 from tether.models.lora import adapters_disabled, apply_lora, on_device
 from tether.models.scalar_head import ScalarHeadModel, ValueHead
-from tether.rollout.rewards import FunctionReward, ModelReward, RewardSource
+from tether.rollout.rewards import RewardSource, RewardSpec, build_reward, reward_specs
 
 
 @dataclass
@@ -54,7 +54,7 @@ class Roles:
     def frozen_on_device(self):
         """The scoring phase's block: with ``offload_frozen`` the reference (when it is a model of
         its own) and the reward model are moved to the device for it, and back to the CPU after."""
-        frozen = [self.reference if self.reference is not self.policy else None, getattr(self.reward, "model", None)]
+        frozen = [self.reference if self.reference is not self.policy else None, *getattr(self.reward, "models", [])]
         with ExitStack() as stack:
             for model in frozen:
                 if model is not None:
@@ -100,7 +100,9 @@ class CriticValues(torch.nn.Module):
         return self.critic.response_values(inputs, response_width)
 
 
-def build_roles(config, device: torch.device, uses_critic: bool) -> Roles:
+def build_roles(config, device: torch.device, uses_critic: bool, rewards: list[RewardSpec] | None = None) -> Roles:
+    """The four roles; ``rewards``: the run's reward sources (tether.rollout.rewards.reward_specs),
+    by default the config's."""
     tokenizer = load_tokenizer(config.policy)
     policy = load_causal_lm(config.policy, device)
     offload = bool(getattr(config, "offload_frozen", False)) and device.type != "cpu"
@@ -127,13 +129,7 @@ def build_roles(config, device: torch.device, uses_critic: bool) -> Roles:
             _checkpoint_activations(critic.hf_model)
         critic.train()
 
-    if config.reward_model is not None:
-        rm = freeze(ScalarHeadModel.from_pretrained(config.reward_model, frozen_device), config.precision)
-        reward: RewardSource = ModelReward(
-            rm, load_tokenizer(config.reward_model), tokenizer, config.forward_batch_size, config.chat_template
-        )
-    else:
-        reward = FunctionReward(config.reward_function)
+    reward = build_reward(rewards if rewards is not None else reward_specs(config), config, tokenizer, frozen_device)
     return Roles(policy, reference, critic, value_head, reward, tokenizer, device=device, offload_frozen=offload)
 
 

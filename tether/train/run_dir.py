@@ -154,7 +154,7 @@ class _NoProgress:
     def advance(self, *args, **kwargs) -> None:
         pass
 
-    warn = log = advance
+    warn = log = show = advance
 
 
 class RunDirectory:

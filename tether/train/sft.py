@@ -16,16 +16,18 @@ import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ClassVar, Iterator, Literal, Sequence
+from typing import Annotated, Callable, ClassVar, Iterator, Literal, Sequence
 
 import torch
 
+from tether.config import Count, NonNegative, Positive, PositiveInt, Range, Seed, check_ranges
 from tether.data.batching import PromptResponseBatch, collate_examples, iterate_batches, tokenize_demonstrations
 from tether.data.preferences import DropCounts
 from tether.data.sft import DemonstrationData, load_demonstrations
 from tether.errors import ConfigError, DataError
 from tether.models.forward import policy_forward
 from tether.models.loading import load_causal_lm, load_tokenizer, resolve_device
+from tether.models.registry import check_model_fields
 from tether.ops.masking import masked_mean
 from tether.reporting.sinks import SinkOptions
 from tether.utils.precision import autocast
@@ -40,41 +42,43 @@ from tether.utils.signals import GracefulStop
 @dataclass(frozen=True)
 class SFTConfig(SinkOptions):
     algorithm: ClassVar[str] = "sft"  # run directory prefix: runs/sft-<timestamp>
+    model_fields: ClassVar[tuple[str, ...]] = ("model",)  # model folders checked before the run starts
     # --- model and data -----------------------------------------------------------------------
     model: str = "tiny-llama"  # causal LM to fine-tune: folder, .gguf file, or alias (smollm2, tiny-llama)
     data: str = ""  # demonstrations (prompt/completion or messages): .jsonl/.json/.csv/.parquet or datasets folder
     split: str | None = None  # split of a DatasetDict folder (default: train)
     eval_data: str | None = None  # held-out demonstrations; default: hold out eval_fraction of data
     eval_split: str | None = None  # split of eval_data when it is a DatasetDict folder
-    eval_fraction: float = 0.05  # share of data held out when eval_data is not given (0: no eval)
+    eval_fraction: Annotated[float, Range(ge=0, lt=1)] = 0.05  # share of data held out when eval_data is not given (0: no eval)
     skip_bad_rows: bool = False  # count and skip malformed rows instead of stopping at the first
     chat_template: bool | Literal["auto"] = "auto"  # render prompts with the tokenizer's chat template
-    max_length: int = 512  # prompt + completion tokens; longer completions are cut at the end
-    max_prompt_length: int | None = None  # cut prompts to their last N tokens; None: keep whole
+    max_length: PositiveInt = 512  # prompt + completion tokens; longer completions are cut at the end
+    max_prompt_length: PositiveInt | None = None  # cut prompts to their last N tokens; None: keep whole
     # --- optimisation -------------------------------------------------------------------------
-    epochs: int = 1  # passes over the data
-    max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs)
-    batch_size: int = 8  # demonstrations per optimizer step
-    learning_rate: float = 2e-5
+    epochs: PositiveInt = 1  # passes over the data
+    max_steps: PositiveInt | None = None  # stop after this many optimizer steps (overrides epochs)
+    batch_size: PositiveInt = 8  # demonstrations per optimizer step
+    learning_rate: NonNegative = 2e-5
     lr_schedule: Literal["constant", "linear", "cosine"] = "cosine"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    eval_every: int = 50  # steps between evaluations of the held-out loss
+    warmup_steps: Count = 0
+    weight_decay: NonNegative = 0.0
+    max_grad_norm: Positive = 1.0
+    eval_every: PositiveInt = 50  # steps between evaluations of the held-out loss
     # --- system -------------------------------------------------------------------------------
-    seed: int = 0
+    seed: Seed = 0
     device: str = "auto"  # auto, cpu, cuda, cuda:1, mps
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast compute, fp32 master weights
     output_dir: str = "runs"
     run_name: str | None = None  # default: sft-<timestamp>
     quiet: bool = False  # no progress bar (CI)
     # metric_sinks and the sinks' options: inherited from SinkOptions (tether/reporting/sinks.py)
-    checkpoint_every: int = 0  # full-state checkpoint every N steps; 0 = only on SIGINT/SIGTERM
-    keep_checkpoints: int = 2  # newest checkpoints kept in <run>/checkpoints
+    checkpoint_every: Count = 0  # full-state checkpoint every N steps; 0 = only on SIGINT/SIGTERM
+    keep_checkpoints: PositiveInt = 2  # newest checkpoints kept in <run>/checkpoints
     resume: str | None = None  # "auto": continue <output_dir>/<run_name> from its checkpoint; or a run dir
 
     def __post_init__(self) -> None:
         super().__post_init__()  # the metric-sink fields
+        check_ranges(self)  # each numeric field's declared bounds; validate_common relates fields
         if not self.data:
             raise ConfigError('field "data" is required: a demonstrations file (prompt/completion or messages)')
         validate_common(self)
@@ -84,6 +88,7 @@ def train_sft(config: SFTConfig) -> Path:
     """Fine-tune ``config.model`` on the demonstrations; returns the saved model folder
     (``<run>/policy``, loadable with ``AutoModelForCausalLM`` and ``tether ppo policy=...``).
     Stopped by SIGINT/SIGTERM, it checkpoints and raises RunStopped (no model is written)."""
+    check_model_fields(config, config.model_fields)
     device = resolve_device(config.device)
     seed_everything(config.seed)
     keep_freed_host_memory()  # tether/utils/host_memory.py
@@ -180,24 +185,14 @@ def load_demonstration_splits(config: SFTConfig) -> tuple[DemonstrationData, Dem
 
 
 def validate_common(config) -> None:
-    """Checks every supervised config (SFT, reward model) shares."""
-    for name in ("max_length", "batch_size", "epochs", "eval_every"):
-        if getattr(config, name) < 1:
-            raise ConfigError(f'field "{name}" must be >= 1, got {getattr(config, name)}')
-    if config.max_steps is not None and config.max_steps < 1:
-        raise ConfigError(f'field "max_steps" must be >= 1 (or null), got {config.max_steps}')
-    if config.max_prompt_length is not None and not 1 <= config.max_prompt_length < config.max_length:
+    """Cross-field checks every supervised config (SFT, reward model, DPO) shares; each field's
+    own bounds are declared on it (``check_ranges``)."""
+    if config.max_prompt_length is not None and not config.max_prompt_length < config.max_length:
         raise ConfigError(
-            f'field "max_prompt_length" must be between 1 and max_length - 1 = {config.max_length - 1}, '
+            f'field "max_prompt_length" must be below max_length = {config.max_length}, '
             f"got {config.max_prompt_length}: the response needs room")
-    if config.checkpoint_every < 0 or config.keep_checkpoints < 1:
-        raise ConfigError('fields "checkpoint_every" must be >= 0 and "keep_checkpoints" >= 1')
     if config.resume == "auto" and not config.run_name:
         raise ConfigError("resume: auto needs a run_name (the run directory to continue)")
-    if not 0 <= config.eval_fraction < 1:
-        raise ConfigError(f'field "eval_fraction" must be in [0, 1), got {config.eval_fraction}')
-    if config.learning_rate < 0 or config.weight_decay < 0 or config.max_grad_norm <= 0:
-        raise ConfigError('fields "learning_rate", "weight_decay" must be >= 0 and "max_grad_norm" > 0')
 
 
 def guarded_step(optimizer, scheduler, loss, grad_norm, run: RunDirectory, step: int,

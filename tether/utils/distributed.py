@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from tether.errors import ConfigError
-from tether.models.forward import decoder_blocks
+from tether.utils.blocks import decoder_blocks
 from tether.utils.checkpoint import Checkpointer
 
 

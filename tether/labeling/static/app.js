@@ -5,6 +5,8 @@
 
 const TOKEN_KEY = "tether-label-token";
 const LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+// while "All done" shows, ask for new tasks this often: a tether rlhf run adds the next round's
+const WAIT_FOR_TASKS_MS = 5000;
 
 const state = {
   token: null,
@@ -14,6 +16,7 @@ const state = {
   requestId: null,     // one per shown task: resending after a network error is a no-op on the server
   lastAnswerId: null,  // undo names it, so a repeated click cannot undo two answers
   busy: false,
+  waitTimer: null,     // the pending check for new tasks while "All done" shows
 };
 
 const $ = (id) => document.getElementById(id);
@@ -68,10 +71,14 @@ function showTask(task, progress) {
   state.choice = null;
   state.ranking = [];
   state.requestId = newRequestId();
+  clearTimeout(state.waitTimer);
   if (!task) {
     show("done");
+    state.waitTimer = setTimeout(checkForNewTasks, WAIT_FOR_TASKS_MS);
     return;
   }
+  $("round").hidden = task.round === null || task.round === undefined;
+  $("round").textContent = $("round").hidden ? "" : "Round " + task.round;
   const pair = task.responses.length === 2;
   document.body.classList.toggle("ranking-mode", !pair);
   $("prompt").textContent = task.prompt;
@@ -207,6 +214,15 @@ async function undo() {
 async function loadNext() {
   const next = await api("GET", "api/next");
   showTask(next.task, next.progress);
+}
+
+async function checkForNewTasks() {
+  if (state.busy || !state.token || state.task) return;
+  try {
+    await loadNext();
+  } catch (err) {
+    state.waitTimer = setTimeout(checkForNewTasks, WAIT_FOR_TASKS_MS);  // the server may be between rounds
+  }
 }
 
 // -- keyboard ---------------------------------------------------------------------------

@@ -1,0 +1,82 @@
+"""What a caller adds to an online run beyond its config: reward sources given as Python callables
+and per-iteration callbacks (tether.PPO; docs/python-api.md), plus the reward's per-source
+metrics and the console's sample table, which the loop in ``tether.train.ppo`` calls here.
+
+A callback is ``callback(iteration: int, metrics: dict[str, float]) -> bool | None``, called on
+every rank after each iteration's metrics are logged (with eval/* on evaluation iterations).
+Returning True stops the run cleanly: the loop ends after that iteration and the policy is
+saved as the final one, as at the last iteration (a SIGINT, by contrast, leaves a checkpoint).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from tether.rollout.rewards import RewardSpec, check_reward_specs, reward_specs
+
+Callback = Callable[[int, dict], Any]
+
+
+@dataclass
+class RunHooks:
+    rewards: list[RewardSpec]  # the run's named, weighted reward sources
+    callbacks: Sequence[Callback] = ()
+    sample_table_every: int = 0  # iterations between sample tables on the console; 0 = none
+    stopped_at: int | None = field(default=None, init=False)  # the iteration a callback stopped the run after
+
+    @classmethod
+    def create(cls, config, reward: Any = None, callbacks: Sequence[Callback] = ()) -> "RunHooks":
+        """The config's reward sources, or ``reward`` (callables, source strings, a list or a
+        dict name -> source) when given; checked before any model loads."""
+        specs = reward_specs(config, reward)
+        if reward is not None:
+            check_reward_specs(specs)  # the config's own sources are checked by preflight
+        for callback in callbacks:
+            if not callable(callback):
+                from tether.errors import ConfigError
+
+                raise ConfigError(f"callbacks must be callables fn(iteration, metrics); got {type(callback).__name__}")
+        return cls(specs, tuple(callbacks), getattr(config, "sample_table_every", 0))
+
+    def after_iteration(self, iteration: int, metrics: dict[str, float], dist) -> bool:
+        """Run the callbacks; True when one of them (on any rank) asks to stop."""
+        wants_stop = False
+        for callback in self.callbacks:
+            wants_stop = bool(callback(iteration, dict(metrics))) or wants_stop
+        stop = dist.any_true(wants_stop) if self.callbacks else False
+        if stop:
+            self.stopped_at = iteration
+        return stop
+
+    def report_stop(self, total_iterations: int, dist) -> None:
+        if self.stopped_at is not None and dist.is_main:
+            print(f"a callback stopped the run after iteration {self.stopped_at} of {total_iterations}; "
+                  "that iteration's policy is saved as the final one", file=sys.stderr)
+
+    def show_samples(self, iteration: int, rows: list[dict], progress, dist) -> None:
+        """The sample table, every ``sample_table_every`` iterations, printed by rank 0 only."""
+        if self.sample_table_every and iteration % self.sample_table_every == 0 and rows and dist.is_main:
+            from tether.reporting.sample_table import sample_table
+
+            progress.show(sample_table(iteration, rows))
+
+
+def reward_components(reward) -> dict:
+    """Each reward source's (B,) scores from the latest scoring call, taken right after it (the
+    held-out evaluation scores with the same reward later in the iteration)."""
+    return dict(getattr(reward, "components", {}))
+
+
+def reward_metrics(components: dict) -> dict[str, float]:
+    """``reward/<name>``: each reward source's mean (unweighted) score over the batch."""
+    return {f"reward/{name}": scores.mean().item() for name, scores in components.items()}
+
+
+def with_reward_components(rows: list[dict], components: dict) -> list[dict]:
+    """Sample rows with each source's score (``rewards``: name -> score) when there are several."""
+    if len(components) < 2:
+        return rows
+    return [{**row, "rewards": {name: scores[i].item() for name, scores in components.items()}}
+            for i, row in enumerate(rows)]
