@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import replace
@@ -33,6 +32,7 @@ from tether.demo.tastes import TASTES
 from tether.errors import TetherError
 from tether.models.loading import resolve_device
 from tether.utils.precision import resolve_precision
+from tether.utils.threads import threads_from_env
 
 EOS_SETTINGS = {"off": None, "on": -1.0}
 
@@ -57,10 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     eos = ["off", "on"] if args.eos_penalty == "both" else [args.eos_penalty]
     base = load_config(DemoConfig, None, list(args.overrides))
     base = replace(base, precision=resolve_precision(base.precision, resolve_device(base.device)))
-    if os.environ.get("TETHER_THREADS"):  # as `tether demo`: pin torch's thread count
-        import torch
-
-        torch.set_num_threads(int(os.environ["TETHER_THREADS"]))
+    threads_from_env()  # as `tether demo`: TETHER_THREADS pins torch's thread count
 
     if not args.table_only:
         for seed in seeds:

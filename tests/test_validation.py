@@ -174,3 +174,23 @@ def test_prompt_file_with_a_bad_row(capsys, tmp_path):
     prompts.write_text('{"prompt": "ok"}\n{"text": "no prompt field"}\n')
     err = one_line_error(capsys, "ppo", *BASE, f"output_dir={tmp_path}", f"prompts={prompts}")
     assert 'prompts.jsonl:2: field "prompt" is missing' in err
+
+
+def test_tether_threads_is_applied_or_refused_in_one_line(monkeypatch):
+    import torch
+
+    from tether.errors import ConfigError
+    from tether.utils.threads import threads_from_env
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("TETHER_THREADS", "1")
+        assert threads_from_env() == 1 and torch.get_num_threads() == 1
+        for bad in ("two", "0", "-3", "1.5"):
+            monkeypatch.setenv("TETHER_THREADS", bad)
+            with pytest.raises(ConfigError, match=f"TETHER_THREADS must be a whole number >= 1, got '{bad}'"):
+                threads_from_env()
+        monkeypatch.delenv("TETHER_THREADS")
+        assert threads_from_env() is None
+    finally:
+        torch.set_num_threads(before)

@@ -42,13 +42,11 @@ def build_config(args: argparse.Namespace):
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    import torch
-
+    from tether.utils.threads import threads_from_env
     from tether.demo.pipeline import run_demo
 
     config = build_config(args)
-    if os.environ.get("TETHER_THREADS"):
-        torch.set_num_threads(int(os.environ["TETHER_THREADS"]))
+    threads_from_env()
     result = run_demo(config)
     print()
     for line in result.summary_lines():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 # What may change when a run is continued; anything else would make its rounds differ in kind.
@@ -48,13 +47,11 @@ def build_config(args: argparse.Namespace):
 
 
 def cmd_rlhf(args: argparse.Namespace) -> int:
-    import torch
-
+    from tether.utils.threads import threads_from_env
     from tether.rounds.pipeline import run_rlhf
 
     config = build_config(args)
-    if os.environ.get("TETHER_THREADS"):
-        torch.set_num_threads(int(os.environ["TETHER_THREADS"]))
+    threads_from_env()
     result = run_rlhf(config)
     print()
     for row in result.rows:
