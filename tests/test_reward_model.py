@@ -23,10 +23,9 @@ from tether.diagnostics.run import read_jsonl
 from tether.train.rm_evaluation import calibration, evaluate_reward_model
 from tether.train.reward_model import (
     RewardModelConfig,
-    fit_normalization,
-    raw_scores,
     train_reward_model,
 )
+from tether.train.rm_normalization import fit_normalization, raw_scores
 
 TOPICS = ["cats", "dogs", "rain", "music", "trees", "boats", "bread", "stars"]
 OTHERS = ["things", "stuff", "life", "work", "news", "plans", "ideas", "days"]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import ipaddress
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Iterator
 from urllib.parse import urlsplit
 
 import anyio
@@ -29,13 +29,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.exceptions import HTTPException
 
 from tether.errors import DataError, TetherError
 from tether.labeling.judgement import make_judgement
-from tether.labeling.store import AlreadyAnswered, Answer, Labeler, Progress, Store, UnknownAnswer, UnknownTask
-from tether.labeling.tasks import Task
+from tether.labeling.store import AlreadyAnswered, Answer, Labeler, Store, UnknownAnswer, UnknownTask
+from tether.labeling.wire import (
+    AnswerIn, HealthOut, MeOut, NextOut, SubmitOut, UndoIn, UndoOut, answer_out, progress_out, task_out,
+)
 
 __all__ = ["create_app", "serve", "serving", "is_loopback", "same_origin"]
 
@@ -59,79 +60,6 @@ ERROR_STATUS: dict[type[TetherError], int] = {
 
 
 # -- API models (they are the OpenAPI document) -----------------------------------------
-class AnswerIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    task_id: str = Field(min_length=1, max_length=256)
-    choice: Literal["a", "b", "tie", "skip", "rank"] = Field(
-        description="a / b: the first / second response is better (2 responses only); rank: send `ranking`; tie; skip"
-    )
-    ranking: list[StrictInt] | None = Field(
-        default=None, description="response indices from best to worst (choice 'rank')"
-    )
-    reason: str | None = Field(default=None, max_length=2000, description="optional free text")
-    request_id: str = Field(
-        min_length=1, max_length=128,
-        description="made by the client, unique per answer: a retry with the same id writes nothing",
-    )
-
-
-class UndoIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    answer_id: int | None = Field(
-        default=None, ge=1, le=2**63 - 1,  # SQLite's INTEGER range: a larger id cannot exist
-        description="undo this answer; without it, the labeler's latest live answer",
-    )
-
-
-class TaskOut(BaseModel):
-    id: str
-    prompt: str
-    responses: list[str]
-    round: int | None = Field(default=None, description="the round of `tether rlhf` the task belongs to; null: none")
-
-
-class ProgressOut(BaseModel):
-    done: int
-    total: int
-
-
-class AnswerOut(BaseModel):
-    id: int
-    task_id: str
-    request_id: str
-    choice: str
-    ranking: list[int] | None
-    reason: str | None
-    undone: bool
-
-
-class MeOut(BaseModel):
-    labeler: str
-    progress: ProgressOut
-
-
-class NextOut(BaseModel):
-    task: TaskOut | None = Field(description="null when every task is answered")
-    progress: ProgressOut
-
-
-class SubmitOut(BaseModel):
-    answer: AnswerOut
-    created: bool = Field(description="false when this request_id was already stored (a retry)")
-    progress: ProgressOut
-
-
-class UndoOut(BaseModel):
-    answer: AnswerOut | None = Field(description="the answer undone; null when there was nothing to undo")
-    task: TaskOut | None = Field(description="its task, to show again")
-    progress: ProgressOut
-
-
-class HealthOut(BaseModel):
-    ok: bool
-    schema_version: int
-
-
 # -- access checks ---------------------------------------------------------------------
 _bearer = HTTPBearer(auto_error=False, description="the labeler token printed by `tether label add-labeler`")
 
@@ -219,14 +147,14 @@ def _add_routes(app: FastAPI) -> None:
 
     @app.get("/api/me", response_model=MeOut, tags=["labeling"])
     def me(request: Request, labeler: Labeler = Depends(reading_labeler)) -> MeOut:
-        return MeOut(labeler=labeler.name, progress=_progress(store_of(request).progress(labeler)))
+        return MeOut(labeler=labeler.name, progress=progress_out(store_of(request).progress(labeler)))
 
     @app.get("/api/next", response_model=NextOut, tags=["labeling"])
     def next_task(request: Request, labeler: Labeler = Depends(reading_labeler)) -> NextOut:
         """The first task, in file order, this labeler has not answered."""
         store = store_of(request)
         task = store.next_task(labeler)
-        return NextOut(task=_task(task) if task else None, progress=_progress(store.progress(labeler)))
+        return NextOut(task=task_out(task) if task else None, progress=progress_out(store.progress(labeler)))
 
     @app.post("/api/answers", response_model=SubmitOut, status_code=201, tags=["labeling"],
               responses={200: {"description": "a retry: this request_id was stored before"}, 404: {}, 409: {}, 422: {}})
@@ -245,7 +173,7 @@ def _add_routes(app: FastAPI) -> None:
                 )
             response.status_code = 200
         return SubmitOut(
-            answer=_answer(submitted.answer), created=submitted.created, progress=_progress(submitted.progress)
+            answer=answer_out(submitted.answer), created=submitted.created, progress=progress_out(submitted.progress)
         )
 
     @app.post("/api/undo", response_model=UndoOut, tags=["labeling"])
@@ -254,8 +182,8 @@ def _add_routes(app: FastAPI) -> None:
         store = store_of(request)
         answer = store.undo(labeler, body.answer_id if body else None)
         task = store.task(answer.task_id) if answer else None
-        return UndoOut(answer=_answer(answer) if answer else None, task=_task(task) if task else None,
-                       progress=_progress(store.progress(labeler)))
+        return UndoOut(answer=answer_out(answer) if answer else None, task=task_out(task) if task else None,
+                       progress=progress_out(store.progress(labeler)))
 
 
 class GuardMiddleware:
@@ -370,22 +298,6 @@ def _same_answer(store: Store, body: AnswerIn, stored: Answer) -> bool:
         return False
     reason = (body.reason.strip() or None) if body.reason else None
     return (judgement.choice, judgement.ranking, reason) == (stored.choice, stored.ranking, stored.reason)
-
-
-def _task(task: Task) -> TaskOut:
-    return TaskOut(id=task.id, prompt=task.prompt, responses=list(task.responses), round=task.round)
-
-
-def _progress(progress: Progress) -> ProgressOut:
-    return ProgressOut(done=progress.done, total=progress.total)
-
-
-def _answer(answer: Answer) -> AnswerOut:
-    return AnswerOut(
-        id=answer.id, task_id=answer.task_id, request_id=answer.request_id, choice=answer.choice,
-        ranking=list(answer.ranking) if answer.ranking is not None else None, reason=answer.reason,
-        undone=answer.undone_at is not None,
-    )
 
 
 def serve(store: Store, host: str = "127.0.0.1", port: int = 8765) -> None:

@@ -25,12 +25,14 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from tether.errors import DataError, TetherError
 from tether.labeling.judgement import make_judgement
+from tether.labeling.records import (
+    AlreadyAnswered, Answer, Labeler, Progress, RoundProgress, Submitted, UnknownAnswer, UnknownTask,
+)
 from tether.labeling.tasks import Task
 
 __all__ = [
@@ -79,56 +81,6 @@ MIGRATIONS: list[list[str]] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 BUSY_TIMEOUT_S = 30.0
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,63}$")
-
-
-class UnknownTask(TetherError):
-    """No task with this id (HTTP 404)."""
-
-
-class UnknownAnswer(TetherError):
-    """No answer with this id for this labeler (HTTP 404)."""
-
-
-class AlreadyAnswered(TetherError):
-    """The labeler already has a live answer for this task (HTTP 409)."""
-
-
-@dataclass(frozen=True)
-class Labeler:
-    id: int
-    name: str
-
-
-@dataclass(frozen=True)
-class Answer:
-    id: int
-    labeler: str
-    task_id: str
-    request_id: str
-    choice: str  # a | b | tie | skip | rank
-    ranking: tuple[int, ...] | None  # indices best -> worst; None for tie and skip
-    reason: str | None
-    created_at: float  # unix seconds
-    undone_at: float | None
-
-
-@dataclass(frozen=True)
-class Progress:
-    done: int  # tasks with a live answer (skips included) by this labeler
-    total: int  # tasks in the store
-
-
-@dataclass(frozen=True)
-class RoundProgress:
-    answered: int  # tasks of the round with at least the asked number of live answers (skips included)
-    total: int  # tasks of the round in the store
-
-
-@dataclass(frozen=True)
-class Submitted:
-    answer: Answer
-    created: bool  # False: a retry of a request already stored, nothing written
-    progress: Progress  # the labeler's progress right after, from the same transaction
 
 
 class Store:
