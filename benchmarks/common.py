@@ -14,7 +14,9 @@ here: under 2% of the body's FLOPs). Scalar heads (576 x 1) are ignored.
 
 from __future__ import annotations
 
+import os
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,10 +43,12 @@ PROMPTS = [
 ]
 
 
-def matmul_rate(dtype_name: str, n: int = 2048, seconds: float = 1.5, shape: tuple[int, int, int] | None = None) -> float:
+def matmul_rate(dtype_name: str, n: int = 2048, seconds: float = 1.5, shape: tuple[int, int, int] | None = None,
+                clock=time.perf_counter) -> float:
     """FLOP/s of torch.matmul(n x n, n x n) in a loop on this machine, now (best of repeats);
     with ``shape`` = (M, K, N), of an M x K by K x N product instead. Products under ~2 GFLOP
-    are timed several to a measurement, so the timer's resolution does not count."""
+    are timed several to a measurement, so the timer's resolution does not count. ``clock``:
+    time.process_time gives FLOPs per CPU second (one thread: the rate while scheduled)."""
     import torch
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
@@ -56,10 +60,10 @@ def matmul_rate(dtype_name: str, n: int = 2048, seconds: float = 1.5, shape: tup
     best = 0.0
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
-        t0 = time.perf_counter()
+        t0 = clock()
         for _ in range(calls):
             torch.matmul(a, b)
-        dt = time.perf_counter() - t0
+        dt = clock() - t0
         best = max(best, 2 * m * k * n * calls / dt)
     return best
 
@@ -130,6 +134,49 @@ def make_reward_model(folder: Path, seed: int = 0) -> Path:
 
     load_tokenizer("smollm2").save_pretrained(folder)
     return folder
+
+
+def run_measured_child(cmd: list[str], log_path: Path, env: dict | None = None) -> tuple[float, float]:
+    """Run ``cmd`` as a fresh process, its output to ``log_path``; returns (peak RSS MiB of that
+    child alone, from ``os.wait4``'s rusage, model loading included; wall seconds). A failing
+    child ends the benchmark with the tail of its log."""
+    t0 = time.perf_counter()
+    with open(log_path, "w") as logf:
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(f"child failed (rc {code}): {' '.join(cmd)}\n{Path(log_path).read_text()[-3000:]}")
+    return usage.ru_maxrss / 1024, wall
+
+
+class StepStamps:
+    """Wall and CPU timestamps at the start of training and after every optimizer step; as a
+    Hugging Face ``TrainerCallback`` (``callback()``) it stamps TRL's trainers
+    (``on_step_end`` runs once per optimizer step, after the update)."""
+
+    def __init__(self):
+        self.stamps: list[float] = []
+        self.cpu: list[float] = []
+
+    def stamp(self, *args, **kwargs) -> None:
+        self.stamps.append(time.perf_counter())
+        self.cpu.append(time.process_time())
+
+    def callback(self, at_train_begin: bool = True):
+        from transformers import TrainerCallback
+
+        hooks = {"on_step_end": self.stamp}
+        if at_train_begin:
+            hooks["on_train_begin"] = self.stamp
+        return type("StepStampCallback", (TrainerCallback,), {k: (lambda f: lambda _self, *a, **kw: f())(v)
+                                                              for k, v in hooks.items()})()
+
+    def intervals(self) -> tuple[list[float], list[float]]:
+        """(wall seconds, CPU seconds) between successive stamps."""
+        return ([b - a for a, b in zip(self.stamps, self.stamps[1:])],
+                [b - a for a, b in zip(self.cpu, self.cpu[1:])])
 
 
 def peak_rss_mb() -> float:

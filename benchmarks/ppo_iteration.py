@@ -45,7 +45,9 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def build(args, reward_folder: Path):
+def build(args, reward_folder: Path | None, **fields):
+    """The loop's state for one PPO iteration as ``tether ppo`` builds it; ``fields`` replace
+    PPOConfig fields (benchmarks/vs_trl_stages.py runs GRPO and RLOO through it)."""
     import torch
 
     from tether.models.loading import resolve_device
@@ -59,17 +61,18 @@ def build(args, reward_folder: Path):
     from tether.utils.host_memory import keep_freed_host_memory
     from tether.utils.seeding import seed_everything
 
-    config = PPOConfig(
-        policy="smollm2", reward_model=str(reward_folder), critic=args.critic, batch_size=args.batch_size,
-        mini_batch_size=args.batch_size, micro_batch_size=args.micro_batch_size, forward_batch_size=args.batch_size,
-        ppo_epochs=args.epochs, max_new_tokens=args.response_tokens, precision=args.precision, device="cpu",
-        total_iterations=args.warmup + args.iterations, seed=args.seed, quiet=True,
-    )
+    config = PPOConfig(**{
+        "policy": "smollm2", "reward_model": str(reward_folder), "critic": args.critic, "batch_size": args.batch_size,
+        "mini_batch_size": args.batch_size, "micro_batch_size": args.micro_batch_size,
+        "forward_batch_size": args.batch_size, "ppo_epochs": args.epochs, "max_new_tokens": args.response_tokens,
+        "precision": args.precision, "device": "cpu", "total_iterations": args.warmup + args.iterations,
+        "seed": args.seed, "quiet": True, **fields,
+    })
     algorithm = algorithm_for(config)
     device = resolve_device(config.device)
     seed_everything(config.seed)
     keep_freed_host_memory()  # as train_ppo does
-    roles = build_roles(config, device, algorithm.needs_critic)
+    roles = build_roles(config.model_settings, config.reward_settings, device, algorithm.needs_critic)
     prompts = PromptStream(PROMPTS, roles.tokenizer, config.chat_template, config.max_prompt_tokens, config.seed)
     sampling = SamplingSettings(config.max_new_tokens, config.temperature, config.top_k, config.top_p,
                                 min_new_tokens=config.max_new_tokens)

@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +37,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import PROMPTS, log, make_reward_model, matmul_rate  # noqa: E402
+from common import PROMPTS, StepStamps, log, make_reward_model, matmul_rate, run_measured_child  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -72,27 +71,10 @@ def child_tether(args, critic: str) -> dict:
             "median": r["median"], "load_s": r["load_s"]}
 
 
-class _Timer:
-    """TrainerCallback-like: one timestamp per PPO iteration (on_step_end is called once per
-    iteration in trl.experimental.ppo.PPOTrainer.train)."""
-
-    def __init__(self):
-        self.stamps = []
-        self.cpu = []
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.stamps.append(time.perf_counter())
-        self.cpu.append(time.process_time())
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.stamps.append(time.perf_counter())
-        self.cpu.append(time.process_time())
-
-
 def child_trl(args) -> dict:
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
     from tether.data.templates import encode_prompt
@@ -127,18 +109,15 @@ def child_trl(args) -> dict:
     reward = AutoModelForSequenceClassification.from_pretrained(args.reward_model, num_labels=1, dtype=torch.float32)
     for m in (value, reward):
         m.config.pad_token_id = tokenizer.pad_token_id
-    timer = _Timer()
-    cb = type("TimerCallback", (TrainerCallback,), {"on_train_begin": timer.on_train_begin,
-                                                     "on_step_end": timer.on_step_end})()
+    timer = StepStamps()  # on_step_end runs once per iteration in trl.experimental.ppo.PPOTrainer.train
     trainer = PPOTrainer(args=config, processing_class=tokenizer, model=policy, ref_model=ref, reward_model=reward,
-                         train_dataset=dataset, value_model=value, callbacks=[cb])
+                         train_dataset=dataset, value_model=value, callbacks=[timer.callback()])
     log(f"TRL accelerator mixed precision: {trainer.accelerator.mixed_precision}; device {trainer.accelerator.device}")
     load_s = time.perf_counter() - t_load
     trainer.train()
-    per_iter = [b - a for a, b in zip(timer.stamps, timer.stamps[1:])]
+    per_iter, per_cpu = timer.intervals()
     for i, s in enumerate(per_iter):
         log(f"TRL {'warmup' if i < args.warmup else 'measured'} iteration {i + 1}: {s:.1f} s")
-    per_cpu = [b - a for a, b in zip(timer.cpu, timer.cpu[1:])]
     return {"iteration_s": per_iter[args.warmup:], "all_iteration_s": per_iter,
             "iteration_cpu_s": per_cpu[args.warmup:], "load_s": load_s,
             "mixed_precision": str(trainer.accelerator.mixed_precision)}
@@ -157,17 +136,9 @@ def run_child(side: str, args, reward_folder: Path, workdir: Path, index: int) -
            "--warmup", str(args.warmup), "--iterations", str(args.iterations), "--reward-model", str(reward_folder),
            "--out", str(out)]
     log(f"[{index}] {side}: {' '.join(cmd[1:])}")
-    t0 = time.perf_counter()
-    with open(workdir / f"{index:02d}-{side}.log", "w") as logf:
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        tail = (workdir / f"{index:02d}-{side}.log").read_text()[-3000:]
-        raise SystemExit(f"{side} child failed (rc {proc.returncode}):\n{tail}")
+    peak_rss, wall = run_measured_child(cmd, workdir / f"{index:02d}-{side}.log", env)
     result = json.loads(out.read_text())
-    result.update(side=side, peak_rss_mb=usage.ru_maxrss / 1024, wall_s=wall)
+    result.update(side=side, peak_rss_mb=peak_rss, wall_s=wall)
     log(f"[{index}] {side}: iterations {', '.join(f'{s:.1f}' for s in result['iteration_s'])} s; "
         f"peak RSS {result['peak_rss_mb']:.0f} MiB; child wall {wall:.0f} s")
     return result

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 
 import pytest
@@ -30,7 +31,7 @@ from tether.train.ppo_cli import commands
 from tether.train.ppo_config import Algorithm, PPOConfig
 from tether.train.rl_phases import run_updates, score_rollout, shape_rewards
 from tether.train.roles import build_roles
-from tether.train.run_dir import make_scheduler
+from tether.train.optim import make_scheduler
 from tether.types import TrainBatch
 from tether.utils.distributed import DistContext
 from tether.utils.seeding import seed_everything
@@ -240,7 +241,7 @@ def one_batch(tmp_path_factory):
                  mini_batch_size=8, micro_batch_size=8, ppo_epochs=1, max_new_tokens=12)
     device = resolve_device("cpu")
     seed_everything(0)
-    roles = build_roles(cfg, device, uses_critic=True)
+    roles = build_roles(cfg.model_settings, cfg.reward_settings, device, uses_critic=True)
     stream = PromptStream(resolve_prompts(cfg.prompts), roles.tokenizer, cfg.chat_template, cfg.max_prompt_tokens, 0)
     prompts, ids = stream.next_batch(cfg.batch_size, cfg.samples_per_prompt)
     rollout = generate_rollout(roles.policy, roles.tokenizer, prompts, ids, SamplingSettings(12), cfg.samples_per_prompt)
@@ -295,7 +296,7 @@ def test_critic_warm_up_weighs_every_term_but_the_value_loss_zero(one_batch):
     is weighed 0, so the total is exactly vf_coef times the value loss."""
     cfg, _, batch = one_batch
     shared = dataclasses.replace(cfg, critic="shared", max_grad_norm=1e9)
-    roles = build_roles(shared, torch.device("cpu"), uses_critic=True)
+    roles = build_roles(shared.model_settings, shared.reward_settings, torch.device("cpu"), uses_critic=True)
     with torch.no_grad():  # a policy away from the reference, so that the KL term is not 0
         for p in roles.policy.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(2)))
@@ -307,6 +308,34 @@ def test_critic_warm_up_weighs_every_term_but_the_value_loss_zero(one_batch):
     means = stats.means()
     assert means["losses/kl_loss"] > 1e-4 and means["losses/policy_loss"] != 0.0
     assert means["losses/total_loss"] == pytest.approx(shared.vf_coef * means["losses/value_loss"], rel=1e-6)
+
+
+def _update_stats(cfg, roles, batch, spec) -> dict[str, float]:
+    """One update at learning rate 0 (the weights stay put): the mean of each logged term."""
+    policy_params, critic_params = roles.trainable_groups()
+    optimizer = torch.optim.SGD([{"params": policy_params}, {"params": critic_params}], lr=0.0)
+    stats = run_updates(roles, batch, spec, cfg, optimizer, make_scheduler(optimizer, "constant", 0, 1), kl_coef=0.1,
+                        kl_in_loss=True, device=torch.device("cpu"), generator=torch.Generator().manual_seed(0))
+    return stats.means()
+
+
+def test_the_entropy_bonus_is_one_loss_term(one_batch):
+    """entropy_coef = c adds exactly -c·H̄ (the policy's token-mean entropy) to the loss; at 0 the
+    term is absent and the loss is bitwise that of the row's other terms."""
+    cfg, roles, batch = one_batch
+    spec = algorithms.ALGORITHMS["ppo"]
+    assert algorithms.entropy_term in spec.loss_terms  # every row has it: no row to edit
+    without = dataclasses.replace(spec, loss_terms=tuple(t for t in spec.loss_terms if t is not algorithms.entropy_term))
+    off = _update_stats(cfg, roles, batch, spec)
+    assert "losses/entropy" not in off  # not computed at 0
+    assert off["losses/total_loss"] == _update_stats(cfg, roles, batch, without)["losses/total_loss"]
+    with pytest.raises(ConfigError, match="entropy_coef"):
+        dataclasses.replace(cfg, entropy_coef=-0.1)
+    on = _update_stats(dataclasses.replace(cfg, entropy_coef=0.5), roles, batch, spec)
+    assert 0.1 < on["losses/entropy"] < math.log(len(roles.tokenizer))  # nats, below uniform's
+    assert on["losses/total_loss"] == pytest.approx(off["losses/total_loss"] - 0.5 * on["losses/entropy"], abs=1e-6)
+    assert on["losses/policy_loss"] == off["losses/policy_loss"]  # the other terms are untouched
+    assert on["optim/grad_norm"] != off["optim/grad_norm"]  # and its gradient reaches the policy
 
 
 # ----- tether compare ---------------------------------------------------------------------------

@@ -160,7 +160,7 @@ def first_update(out: str, strategy: str) -> None:
     from tether.train.ppo_config import PPOConfig
     from tether.train.rl_phases import run_updates, score_rollout, shape_rewards
     from tether.train.roles import build_roles
-    from tether.train.run_dir import make_adamw, make_scheduler
+    from tether.train.optim import make_adamw, make_scheduler
     from tether.types import Rollout, TrainBatch
     from tether.utils.distributed import full_state_dicts, init_distributed, shutdown_distributed, wrap_trained
 
@@ -171,7 +171,7 @@ def first_update(out: str, strategy: str) -> None:
     dist, _ = init_distributed(config.strategy, "cpu")
     cpu = torch.device("cpu")
     torch.manual_seed(0)
-    roles = build_roles(config, cpu, uses_critic=True)
+    roles = build_roles(config.model_settings, config.reward_settings, cpu, uses_critic=True)
     roles.actor = wrap_trained(roles.actor, dist, cpu)
     roles.critic_forward = wrap_trained(roles.critic_forward, dist, cpu)
 

@@ -31,7 +31,8 @@ def config(tmp_path, *extra) -> PPOConfig:
 
 
 def test_reference_is_the_base_model_with_adapters_off(tmp_path):
-    roles = build_roles(config(tmp_path), torch.device("cpu"), uses_critic=False)
+    run_config = config(tmp_path)
+    roles = build_roles(run_config.model_settings, run_config.reward_settings, torch.device("cpu"), uses_critic=False)
     assert roles.reference is roles.policy and is_lora(roles.policy)  # one copy of the weights
     with torch.no_grad():  # adapters initialise to B = 0 (a no-op); make them matter
         for name, p in roles.policy.named_parameters():
@@ -76,7 +77,8 @@ def test_lora_run_saves_a_merged_model_and_resumes_exactly(tmp_path):
 
 
 def test_adapter_state_round_trip(tmp_path):
-    roles = build_roles(config(tmp_path), torch.device("cpu"), uses_critic=False)
+    run_config = config(tmp_path)
+    roles = build_roles(run_config.model_settings, run_config.reward_settings, torch.device("cpu"), uses_critic=False)
     saved = AdapterState(roles.policy).state_dict()
     with torch.no_grad():
         for name, p in roles.policy.named_parameters():
@@ -146,7 +148,7 @@ def test_gradient_checkpointing_gives_the_same_run(tmp_path):
 
 def test_offload_frozen_is_a_no_op_on_cpu(tmp_path):
     cfg = config(tmp_path, "lora_r=0", "offload_frozen=true")
-    roles = build_roles(cfg, torch.device("cpu"), uses_critic=False)
+    roles = build_roles(cfg.model_settings, cfg.reward_settings, torch.device("cpu"), uses_critic=False)
     assert not roles.offload_frozen and roles.reference is not roles.policy
     assert train_ppo(config(tmp_path, "run_name=offload", "lora_r=0", "offload_frozen=true", "total_iterations=1")).is_dir()
 
@@ -162,14 +164,16 @@ def test_lora_config_errors():
 
 def test_offload_moves_the_frozen_reference_only_for_the_scoring_phase(tmp_path, monkeypatch):
     """What a GPU run does, with the move recorded instead of made (no GPU in the tests)."""
-    roles = build_roles(config(tmp_path, "lora_r=0"), torch.device("cpu"), uses_critic=False)
+    run_config = config(tmp_path, "lora_r=0")
+    roles = build_roles(run_config.model_settings, run_config.reward_settings, torch.device("cpu"), uses_critic=False)
     moves = []
     monkeypatch.setattr(roles.reference, "to", lambda device: moves.append(str(device)) or roles.reference)
     roles.device, roles.offload_frozen = torch.device("cuda", 0), True
     with roles.frozen_on_device():
         assert moves == ["cuda:0"]
     assert moves == ["cuda:0", "cpu"]
-    lora = build_roles(config(tmp_path), torch.device("cpu"), uses_critic=False)
+    run_config = config(tmp_path)
+    lora = build_roles(run_config.model_settings, run_config.reward_settings, torch.device("cpu"), uses_critic=False)
     lora.device, lora.offload_frozen = torch.device("cuda", 0), True
     with lora.frozen_on_device():  # the LoRA reference is the trained policy itself: never moved
         assert next(lora.policy.parameters()).device.type == "cpu"

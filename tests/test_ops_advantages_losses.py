@@ -1,5 +1,5 @@
 """ops/advantages.py and ops/losses.py against numbers worked by hand, including the three
-cases of seed 003 (the textbook's clipped-surrogate questions)."""
+cases of the textbook's clipped-surrogate questions (Foundations of LLMs, ch. 4)."""
 
 import math
 
@@ -11,6 +11,8 @@ from tether.ops import (
     bradley_terry_loss,
     discounted_returns,
     dpo_loss,
+    entropy_bonus_loss,
+    entropy_from_logits,
     explained_variance,
     gae,
     group_normalized_advantages,
@@ -29,7 +31,7 @@ def _one_token_clip(ratio: float, advantage: float, eps: float = 0.2):
     return loss.item(), logp.grad.item(), stats
 
 
-def test_seed003_positive_advantage_ratio_3_has_zero_gradient():
+def test_clipped_surrogate_positive_advantage_ratio_3_has_zero_gradient():
     # A = 1, ρ = 3, ε = 0.2: min(3·1, 1.2·1) = 1.2 is the clipped term -> loss -1.2, gradient 0
     loss, grad, stats = _one_token_clip(3.0, 1.0)
     assert loss == pytest.approx(-1.2)
@@ -37,7 +39,7 @@ def test_seed003_positive_advantage_ratio_3_has_zero_gradient():
     assert stats["clipfrac"].item() == 1.0
 
 
-def test_seed003_negative_advantage_ratio_half_objective_minus_two_zero_gradient():
+def test_clipped_surrogate_negative_advantage_ratio_half_objective_minus_two_zero_gradient():
     # A = -2.5, ρ = 0.5, range [0.8, 1.2]: min(0.5·-2.5, 0.8·-2.5) = min(-1.25, -2.0) = -2.0
     # objective -2.0 (loss +2.0), the clipped term: gradient 0
     loss, grad, stats = _one_token_clip(0.5, -2.5)
@@ -46,7 +48,7 @@ def test_seed003_negative_advantage_ratio_half_objective_minus_two_zero_gradient
     assert stats["clipfrac"].item() == 1.0
 
 
-def test_seed003_inside_the_range_gives_the_plain_policy_gradient():
+def test_clipped_surrogate_inside_the_range_gives_the_plain_policy_gradient():
     # ρ = 1.1 inside [0.8, 1.2], A = 2: loss = -ρA = -2.2; d(loss)/d(logp) = -ρA = -2.2
     loss, grad, stats = _one_token_clip(1.1, 2.0)
     assert loss == pytest.approx(-2.2)
@@ -219,6 +221,29 @@ def test_gradient_accumulation_is_exact(mode):
     assert micro.item() == pytest.approx(full.item(), abs=1e-6)
 
 
+def test_entropy_bonus_by_hand():
+    # logits [ln 3, 0] -> p = (3/4, 1/4): H = -(3/4 ln 3/4 + 1/4 ln 1/4) = ln 4 - (3/4) ln 3 = 0.5623
+    # logits [0, 0]    -> p = (1/2, 1/2): H = ln 2 = 0.6931
+    # logits [20, -20] -> p ≈ (1, 0):     H ≈ 0
+    logits = torch.tensor([[[math.log(3), 0.0], [0.0, 0.0]], [[20.0, -20.0], [0.0, 0.0]]], requires_grad=True)
+    entropy = entropy_from_logits(logits)
+    h1, h2 = math.log(4) - 0.75 * math.log(3), math.log(2)
+    assert entropy.tolist()[0] == pytest.approx([h1, h2], abs=1e-6) and entropy[1, 0].item() == pytest.approx(0, abs=1e-6)
+    mask = torch.tensor([[1, 1], [1, 0]], dtype=torch.bool)  # row 1's second position is padding
+    # token-mean: -(h1 + h2 + 0) / 3 = -0.4185; seq-mean-token-mean: -((h1 + h2) / 2 + 0) / 2 = -0.3139
+    loss, stats = entropy_bonus_loss(entropy, mask)
+    assert loss.item() == pytest.approx(-(h1 + h2) / 3, abs=1e-6) and stats["entropy"].item() == pytest.approx((h1 + h2) / 3, abs=1e-6)
+    assert entropy_bonus_loss(entropy, mask, "seq-mean-token-mean")[0].item() == pytest.approx(-(h1 + h2) / 4, abs=1e-6)
+    # the bonus pushes towards uniform: ∂(-H)/∂z_i = p_i·(log p_i + H); for p = (3/4, 1/4) that is
+    # (0.75·(-0.2877 + 0.5623), 0.25·(-1.3863 + 0.5623)) = (+0.2059, -0.2059), times the token-mean's 1/3:
+    # (+0.0686, -0.0686), so a descent step lowers the first logit towards the second; uniform rows: 0
+    loss.backward()
+    p = torch.tensor([0.75, 0.25])
+    expected = p * (p.log() + h1) / 3
+    assert logits.grad[0, 0].tolist() == pytest.approx(expected.tolist(), abs=1e-6)
+    assert logits.grad[0, 1].abs().max().item() < 1e-7 and logits.grad[1, 1].abs().max().item() == 0.0
+
+
 def test_policy_gradient_loss_is_minus_advantage_times_logprob_gradient():
     # at ρ = 1 the gradient of -ρA w.r.t. logp is -A
     logp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
@@ -238,6 +263,26 @@ def test_bradley_terry_by_hand():
     # margin m = 1 on the first pair: -log σ(2 - 1) = 0.3133
     loss, _ = bradley_terry_loss(chosen[:1], rejected[:1], margin=torch.tensor([1.0]))
     assert loss.item() == pytest.approx(0.313262, abs=1e-5)
+
+
+def test_bradley_terry_learns_a_tie_as_an_even_target():
+    # a tie is -½·log σ(g) - ½·log σ(-g): gap 0 -> ln 2 = 0.6931; gap 2 -> ½(0.126928 + 2.126928) = 1.126928
+    # (σ(-2) = 0.119203, -log 0.119203 = 2.126928); the preference pair (gap -1) -> -log σ(-1) = 1.313262
+    chosen = torch.tensor([1.0, 2.0, 0.0], requires_grad=True)
+    rejected = torch.tensor([1.0, 0.0, 1.0])
+    ties = torch.tensor([True, True, False])
+    loss, stats = bradley_terry_loss(chosen, rejected, ties=ties)
+    assert loss.item() == pytest.approx((0.693147 + 1.126928 + 1.313262) / 3, abs=1e-5)
+    # stats read the preference pair only: wrong (gap -1), so accuracy 0 and margin -1
+    assert stats["accuracy"].item() == 0.0 and stats["margin"].item() == -1.0
+    # gradient wrt the first score of a tie: (σ(g) - ½) / 3 -> 0 at g = 0, (0.880797 - 0.5) / 3 = 0.126932 at g = 2
+    loss.backward()
+    assert chosen.grad[:2].tolist() == pytest.approx([0.0, 0.126932], abs=1e-5)
+    # a margin never applies to a tie; a batch of ties only reads as chance with no gap
+    with_margin, _ = bradley_terry_loss(chosen[:2], rejected[:2], margin=torch.tensor([5.0, 5.0]), ties=ties[:2])
+    assert with_margin.item() == pytest.approx((0.693147 + 1.126928) / 2, abs=1e-5)
+    _, only_ties = bradley_terry_loss(chosen[:2], rejected[:2], ties=ties[:2])
+    assert only_ties["accuracy"].item() == 0.5 and only_ties["margin"].item() == 0.0
 
 
 def test_dpo_by_hand():

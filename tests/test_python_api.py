@@ -55,6 +55,10 @@ def test_python_api_guide_runs_as_written(tmp_path, monkeypatch, capsys):
     # SFT -> reward model -> DPO, and PPO on that reward model
     assert (runs / "sft" / "policy" / "config.json").is_file() and (runs / "rm" / "reward_model").is_dir()
     assert (runs / "dpo" / "policy").is_dir() and "reward/reward_model" in metrics(runs / "from-sft")[0]
+    # an SFT callback sees each step's row and ends the run early, its policy saved
+    sft_rows = metrics(runs / "sft-callback")
+    assert 1 <= len(sft_rows) <= 3 and ns["sft_losses"] == [r["train/loss"] for r in sft_rows]
+    assert (runs / "sft-callback" / "policy" / "config.json").is_file()
 
 
 def test_reward_server_example_runs_as_written(tmp_path, monkeypatch):

@@ -100,7 +100,7 @@ def test_sources_come_from_every_reward_field_in_order_with_names_and_weights():
                        rewards=["http://127.0.0.1:8000/score", "tether.rollout.rules:vowel_fraction",
                                 "runs/x/reward_model"],
                        reward_weights=[1, 0.5, 2, -1, 0.25])
-    specs = reward_specs(config)
+    specs = reward_specs(config.reward_settings)
     assert [(s.name, s.kind, s.weight) for s in specs] == [
         ("tiny-llama", "model", 1.0), ("vowel_fraction", "function", 0.5), ("127.0.0.1_8000_score", "http", 2.0),
         ("vowel_fraction_2", "function", -1.0), ("reward_model", "model", 0.25)]
@@ -110,8 +110,8 @@ def test_python_rewards_are_named_by_function_or_by_dict_key():
     def brevity(prompts, responses):
         return [0.0] * len(responses)
 
-    assert [s.name for s in reward_specs(PPOConfig(), [brevity, lambda p, r: r])] == ["brevity", "lambda"]
-    named = reward_specs(PPOConfig(reward_weights=[1, 2]), {"short": brevity, "server": "http://h:1/x"})
+    assert [s.name for s in reward_specs(PPOConfig().reward_settings, [brevity, lambda p, r: r])] == ["brevity", "lambda"]
+    named = reward_specs(PPOConfig(reward_weights=[1, 2]).reward_settings, {"short": brevity, "server": "http://h:1/x"})
     assert [(s.name, s.kind, s.weight) for s in named] == [("short", "function", 1.0), ("server", "http", 2.0)]
 
 
@@ -123,7 +123,7 @@ def test_python_rewards_are_named_by_function_or_by_dict_key():
 ])
 def test_reward_source_mistakes(config, python, expected):
     with pytest.raises(ConfigError, match=expected.replace("(", r"\(").replace(")", r"\)")):
-        reward_specs(config, python)
+        reward_specs(config.reward_settings, python)
 
 
 def test_weights_must_match_the_config_sources(capsys, tmp_path):

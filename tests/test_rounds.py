@@ -23,7 +23,8 @@ from tether.labeling.store import MIGRATIONS, RoundProgress, Store
 from tether.labeling.tasks import Task, load_tasks, parse_task_row
 from tether.rounds.config import RoundsConfig
 from tether.rounds.labels import collect_round_labels
-from tether.rounds.pipeline import round_paths, run_rlhf
+from tether.rounds.paths import RoundPaths
+from tether.rounds.pipeline import require_learned, round_paths, run_rlhf
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -59,6 +60,17 @@ def test_budgets_split_evenly_over_rounds_and_label_prompts_follow_on():
     assert [config.share(10, r) for r in (1, 2, 3)] == [4, 3, 3]
     assert [config.share(25, r) for r in (1, 2, 3)] == [9, 8, 8]
     assert [list(config.label_prompt_range(r)) for r in (1, 2, 3)] == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
+
+
+def test_a_rounds_reward_model_at_chance_stops_before_its_ppo_by_default(tmp_path):
+    # as in the demo: PPO on a reward model whose held-out accuracy is not above chance would
+    # follow noise, so the default stops there and says how to go on
+    paths = RoundPaths(round=2, dir=tmp_path / "round-2")
+    paths.rm.mkdir(parents=True)
+    (paths.rm / "rm_verdict.json").write_text(json.dumps({"learned": False, "accuracy": 0.52, "ci95": [0.41, 0.63]}))
+    with pytest.raises(TetherError, match=r"round 2: .*52\.0% \[41\.0%, 63\.0%\] is not above chance"):
+        require_learned(RoundsConfig(), paths)
+    require_learned(RoundsConfig(require_learned_reward=False), paths)  # the opt-out goes on
 
 
 def test_config_errors_are_one_line(tmp_path):
@@ -220,15 +232,15 @@ def two_rounds(tmp_path_factory):
     import tether.train.ppo as ppo_module
 
     out = tmp_path_factory.mktemp("rounds")
-    starts: dict[str, dict] = {}
+    starts: list[dict] = []  # one per round's PPO, in order
     build = ppo_module.build_roles
 
-    def recording_build(config, *args, **kwargs):
-        roles = build(config, *args, **kwargs)
-        starts[Path(config.output_dir).name] = {
+    def recording_build(*args, **kwargs):
+        roles = build(*args, **kwargs)
+        starts.append({
             "policy": {k: v.clone() for k, v in roles.policy.state_dict().items()},
             "reference": {k: v.clone() for k, v in roles.reference.state_dict().items()},
-            "critic": {k: v.clone() for k, v in roles.critic.hf_model.state_dict().items()}}
+            "critic": {k: v.clone() for k, v in roles.critic.hf_model.state_dict().items()}})
         return roles
 
     ppo_module.build_roles = recording_build
@@ -262,7 +274,7 @@ def test_round_two_continues_round_ones_policy_and_critic_against_the_sft_refere
     result, starts = two_rounds
     round_1 = round_paths(result.run_dir, 1)
     sft = hf_weights(Path(tiny_model_path))
-    first, second = starts["round_1"], starts["round_2"]
+    first, second = starts
     # round 1: the SFT policy, a critic from round 1's reward model
     assert same_weights(first["policy"], sft) and same_weights(first["reference"], sft)
     assert same_weights(first["critic"], hf_weights(round_1.reward_model))

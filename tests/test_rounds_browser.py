@@ -49,7 +49,8 @@ def test_two_labelers_answer_a_round_on_the_page_while_the_run_waits(browser, tm
                           pair_max_new_tokens=16, sample_batch_size=8, eval_samples=4, rm_epochs=1, rm_batch_size=4,
                           ppo_iterations=1, batch_size=4, mini_batch_size=4, micro_batch_size=4, ppo_epochs=1,
                           max_new_tokens=16, label_db=str(db), labelers=["alice", "bob"], answers_per_task=2,
-                          port=port, poll_interval_s=0.2, output_dir=str(tmp_path), run_name="rlhf", quiet=True)
+                          port=port, poll_interval_s=0.2, require_learned_reward=False, output_dir=str(tmp_path),
+                          run_name="rlhf", quiet=True)
     outcome: dict = {}
 
     def run() -> None:

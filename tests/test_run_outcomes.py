@@ -16,7 +16,7 @@ import tether.train.iteration
 import tether.train.sft
 from tether.cli import main
 from tether.diagnostics.run import read_jsonl
-from tether.train.run_dir import make_adamw, make_scheduler
+from tether.train.optim import make_adamw, make_scheduler
 from tether.utils.checkpoint import find_latest
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -30,7 +30,7 @@ from tether.train.roles import build_roles  # noqa: E402
 # vLLM's CPU backend sizes its KV cache from this (GiB); the tiny model needs almost nothing.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-TOLERANCE = 1e-4  # fp32, max |engine - trainer| over real response tokens (issue 9)
+TOLERANCE = 1e-4  # fp32, max |engine - trainer| over real response tokens
 CPU = torch.device("cpu")
 
 
@@ -69,7 +69,7 @@ def max_diff(a, b, mask) -> float:
 def test_engine_and_trainer_logprobs_agree_before_and_after_a_weight_update(policy_dir, tmp_path):
     # temperature 0.7: the engine's log-probs must be those of the tempered distribution it samples
     config = ppo_config(policy_dir, tmp_path, temperature=0.7, max_prompt_tokens=64)
-    roles = build_roles(config, CPU, uses_critic=False)
+    roles = build_roles(config.model_settings, config.reward_settings, CPU, uses_critic=False)
     prompts = builtin_prompts("tiny")[:8]
     ids = [roles.tokenizer(p)["input_ids"] for p in prompts]
     settings = SamplingSettings(max_new_tokens=16, temperature=0.7)

@@ -4,7 +4,8 @@ same dataclass the command's YAML fills), whose ``train()`` runs the command's o
     run_dir = tether.PPO(tether.PPOConfig(total_iterations=20), reward=my_reward).train()
 
 ``PPO`` adds what a YAML file cannot hold: reward sources as Python callables and callbacks
-per iteration (tether.train.run_hooks). Keyword fields replace those of the config given (or of
+per iteration (tether.train.run_hooks); ``SFT``, ``RewardModel`` and ``DPO`` take callbacks per
+step. Keyword fields replace those of the config given (or of
 the defaults), validated as the config's own: ``tether.PPO(config, total_iterations=2)``.
 Guide with examples the tests run: docs/python-api.md.
 """
@@ -58,46 +59,53 @@ class PPO:
 
 
 class SFT:
-    """Supervised fine-tuning on demonstrations; ``train()`` returns ``<run>/policy``."""
+    """Supervised fine-tuning on demonstrations; ``train()`` returns ``<run>/policy``.
+    ``callbacks``: ``fn(step, metrics)`` after each step; returning True ends the run there with
+    its model saved."""
 
-    def __init__(self, config=None, **fields: Any):
+    def __init__(self, config=None, *, callbacks: Sequence[Callable] = (), **fields: Any):
         from tether.train.sft import SFTConfig
 
         self.config = _configured(SFTConfig, config, fields)
+        self.callbacks = list(callbacks)
 
     def train(self) -> Path:
         from tether.train.sft import train_sft
 
-        return train_sft(self.config)
+        return train_sft(self.config, callbacks=self.callbacks)
 
 
 class RewardModel:
     """A Bradley-Terry reward model on preferences; ``train()`` returns ``<run>/reward_model``,
-    which ``PPO(reward=...)`` and ``PPOConfig(reward_model=...)`` take."""
+    which ``PPO(reward=...)`` and ``PPOConfig(reward_model=...)`` take. ``callbacks``: as
+    ``SFT``'s; after a stop the model is judged, normalised and saved as after the last step."""
 
-    def __init__(self, config=None, **fields: Any):
+    def __init__(self, config=None, *, callbacks: Sequence[Callable] = (), **fields: Any):
         from tether.train.reward_model import RewardModelConfig
 
         self.config = _configured(RewardModelConfig, config, fields)
+        self.callbacks = list(callbacks)
 
     def train(self) -> Path:
         from tether.train.reward_model import train_reward_model
 
-        return train_reward_model(self.config)
+        return train_reward_model(self.config, callbacks=self.callbacks)
 
 
 class DPO:
-    """Direct preference optimisation; ``train()`` returns the run directory (its ``policy/``)."""
+    """Direct preference optimisation; ``train()`` returns the run directory (its ``policy/``).
+    ``callbacks``: as ``SFT``'s."""
 
-    def __init__(self, config=None, **fields: Any):
+    def __init__(self, config=None, *, callbacks: Sequence[Callable] = (), **fields: Any):
         from tether.train.dpo import DPOConfig
 
         self.config = _configured(DPOConfig, config, fields)
+        self.callbacks = list(callbacks)
 
     def train(self) -> Path:
         from tether.train.dpo import train_dpo
 
-        return train_dpo(self.config)
+        return train_dpo(self.config, callbacks=self.callbacks)
 
 
 __all__ = ["PPO", "SFT", "RewardModel", "DPO"]

@@ -66,13 +66,14 @@ class PreferenceBatch:
     rejected: PromptResponseBatch  # N rows: (prompt x, other response y_l)
     margin: torch.Tensor  # (N,) float, required score gap m in -log σ(r_w - r_l - m); 0 when not given
     weight: torch.Tensor  # (N,) float, 1 per pair, or 1/C(K,2) for pairs from a K-wise ranking
+    tie: torch.Tensor  # (N,) bool: the labeler saw no difference (chosen/rejected are just the two)
 
     def __len__(self) -> int:
         return self.margin.shape[0]
 
     def to(self, device: torch.device | str) -> "PreferenceBatch":
         return PreferenceBatch(self.chosen.to(device), self.rejected.to(device),
-                               self.margin.to(device), self.weight.to(device))
+                               self.margin.to(device), self.weight.to(device), self.tie.to(device))
 
     def joint(self) -> PromptResponseBatch:
         """2N rows, chosen first then rejected, so one forward pass scores both."""
@@ -125,6 +126,7 @@ class TokenizedPair:
     margin: float  # 0.0 when not given
     weight: float
     group: int = 0  # the prompt's index: pairs of one prompt share it (batched together by train-rm)
+    tie: bool = False  # no preference between chosen and rejected
 
 
 @dataclass(frozen=True)
@@ -185,7 +187,8 @@ def tokenize_pairs(
         if chosen is None or rejected is None or chosen[1] == rejected[1]:
             dropped += 1
             continue
-        kept.append(TokenizedPair(chosen[0], chosen[1], rejected[1], pair.margin or 0.0, pair.weight, pair.group))
+        kept.append(TokenizedPair(chosen[0], chosen[1], rejected[1], pair.margin or 0.0, pair.weight, pair.group,
+                                  pair.tie))
     return kept, dropped
 
 
@@ -216,6 +219,7 @@ def collate_pairs(items: Sequence[TokenizedPair], pad_id: int) -> PreferenceBatc
         rejected=PromptResponseBatch.collate(prompts, [it.rejected for it in items], pad_id),
         margin=torch.tensor([it.margin for it in items], dtype=torch.float32),
         weight=torch.tensor([it.weight for it in items], dtype=torch.float32),
+        tie=torch.tensor([it.tie for it in items], dtype=torch.bool),
     )
 
 

@@ -11,6 +11,11 @@ Row formats, detected per row:
   becomes all C(K,2) pairs, each weighted 1/C(K,2) so that every ranked prompt counts the
   same in the loss however large K is (Ouyang et al. 2022, InstructGPT, sec. 3.5).
 
+- tie: ``prompt``, ``responses`` (K >= 2), ``tie: true`` (no ``ranking``): the labeler saw no
+  difference. Its C(K,2) pairs are marked ``tie`` (weighted like a ranking's) and train the
+  reward model to score them alike (``tether.ops.losses.bradley_terry_loss``); ``tether label
+  export --ties`` writes them. Consumers without a tie term (DPO) leave them out and count them.
+
 A response cut off at the sampler's length limit is marked ``chosen_truncated`` /
 ``rejected_truncated`` (pairs) or ``truncated`` (a list, rankings), as ``tether label export``
 writes them: it is then tokenised without EOS, the way the policy's cut-off answers are scored
@@ -45,6 +50,7 @@ class PreferencePair:
     group: int = 0  # index of the prompt: pairs from one prompt share it (splits never separate them)
     chosen_truncated: bool = False  # y_w was cut off at the length limit: scored without EOS
     rejected_truncated: bool = False  # y_l was cut off at the length limit: scored without EOS
+    tie: bool = False  # no preference: chosen and rejected are just the pair's two responses
 
 
 @dataclass
@@ -55,6 +61,7 @@ class DropCounts:
     duplicates: int = 0  # a pair seen before (same prompt, chosen, rejected)
     identical: int = 0  # chosen == rejected: no preference to learn
     truncated: int = 0  # the response would be truncated to nothing (counted at tokenisation)
+    ties: int = 0  # tied pairs left out by a consumer without a tie term (DPO)
     first_errors: list[str] = field(default_factory=list)  # up to 3 skipped-row messages, for the report
 
     def skip_or_raise(self, exc: "DataError", skip_bad_rows: bool) -> None:
@@ -73,6 +80,7 @@ class DropCounts:
                 (self.duplicates, "duplicate pairs"),
                 (self.identical, "pairs with chosen == rejected"),
                 (self.truncated, "pairs whose response would be truncated to nothing"),
+                (self.ties, "tied pairs"),
             ]
             if n
         ]
@@ -92,8 +100,9 @@ class PreferenceData:
     def summary(self) -> str:
         """e.g. ``prefs.jsonl: 120 rows -> 290 pairs from 100 prompts; dropped 2 duplicate pairs``."""
         prompts = len({p.group for p in self.pairs})
-        line = (f"{self.source}: {self.num_rows} rows -> {len(self.pairs)} pairs from {prompts} prompts; "
-                f"{self.dropped.describe()}")
+        ties = sum(p.tie for p in self.pairs)
+        kinds = f"{len(self.pairs) - ties} pairs and {ties} ties" if ties else f"{len(self.pairs)} pairs"
+        line = f"{self.source}: {self.num_rows} rows -> {kinds} from {prompts} prompts; {self.dropped.describe()}"
         if self.dropped.first_errors:
             line += " (first skipped: " + "; ".join(self.dropped.first_errors) + ")"
         return line
@@ -124,10 +133,10 @@ def load_preferences(path_or_name: str | Path, split: str | None = None, skip_ba
             if pair.chosen == pair.rejected:
                 dropped.identical += 1
                 continue
-            if (key, pair.chosen, pair.rejected) in seen:
+            if (key, pair.chosen, pair.rejected, pair.tie) in seen:
                 dropped.duplicates += 1
                 continue
-            seen.add((key, pair.chosen, pair.rejected))
+            seen.add((key, pair.chosen, pair.rejected, pair.tie))
             pairs.append(_with_group(pair, groups.setdefault(key, len(groups))))
     if not pairs:
         raise DataError(f"{source}: no usable preference pairs ({dropped.describe()})")
@@ -193,13 +202,29 @@ def _ranking_pairs(row: Row) -> list[PreferencePair]:
         if fields.is_missing(response):
             raise fields.field_error(row, name, "is missing")
         texts.append(fields.response_text(row, name, fields.text_or_messages(row, name, response)))
-    order = fields.ranking(row, "ranking", len(texts))
     cut = fields.optional_bool_list(row, "truncated", len(texts))
     weight = 1.0 / math.comb(len(texts), 2)
+    if fields.optional_bool(row, "tie"):
+        if "ranking" in row.data:
+            raise fields.field_error(row, "ranking", "cannot be given with tie: true (a tie ranks nothing)")
+        return [PreferencePair(prompt, texts[a], texts[b], weight=weight, chosen_truncated=cut[a],
+                               rejected_truncated=cut[b], tie=True)
+                for a, b in combinations(range(len(texts)), 2)]
+    order = fields.ranking(row, "ranking", len(texts))
     # every (better, worse) pair of the ranking: ranked[i] beats ranked[j] for i < j
     return [PreferencePair(prompt, texts[better], texts[worse], weight=weight,
                            chosen_truncated=cut[better], rejected_truncated=cut[worse])
             for better, worse in combinations(order, 2)]
+
+
+def without_ties(data: PreferenceData) -> PreferenceData:
+    """``data`` with its tied pairs left out and counted: for a loss that has no tie term."""
+    kept = [p for p in data.pairs if not p.tie]
+    if len(kept) == len(data.pairs):
+        return data
+    if not kept:
+        raise DataError(f"{data.source}: only tied pairs, and this loss needs preferences")
+    return PreferenceData(kept, data.source, data.num_rows, replace(data.dropped, ties=len(data.pairs) - len(kept)))
 
 
 def _with_group(pair: PreferencePair, group: int) -> PreferencePair:

@@ -12,6 +12,16 @@ decoder runs those K columns once, as a batch of one, and lends their keys and v
 row. Exact: the same attention over the same keys, and autograd sums the B rows' gradients into
 the one prefix computation. It saves (B - 1) * K token positions in every forward and backward:
 about a quarter of the body's FLOPs for SmolLM2's template at batch 8.
+
+Prompts shared by groups of rows: GRPO, RLOO and any ``samples_per_prompt > 1`` run put G
+responses to one prompt in a batch, and a batch of several groups shares less than one prompt
+(only the template). When rows repeat whole prompts, ``build_inputs`` records which rows hold
+the same prompt (``PromptGroups``) and the decoder runs the prompt columns [0, P) once per
+distinct prompt (a batch of D), gathers their keys and values to the B rows and runs the
+responses against them. The layout stays the plain one (prompts left-padded): a distinct
+prompt's padding is its own rows' padding. Exact in the same way, the gather's backward
+summing each group's gradients into its prompt's computation; it saves (B - D) * P token
+positions per forward and backward, and ``build_inputs`` takes whichever of the two saves more.
 """
 
 from __future__ import annotations
@@ -54,6 +64,15 @@ MIN_SAVED_POSITIONS = 32
 
 
 @dataclass
+class PromptGroups:
+    """Rows that hold the same prompt: distinct prompt d is row ``first_rows[d]``'s, and row i
+    holds prompt ``of_row[i]``."""
+
+    first_rows: torch.Tensor  # (D,) long, increasing: the first row holding each distinct prompt
+    of_row: torch.Tensor  # (B,) long in [0, D)
+
+
+@dataclass
 class SequenceInputs:
     """A model-ready batch. All (B, P + R)."""
 
@@ -62,6 +81,7 @@ class SequenceInputs:
     position_ids: torch.Tensor  # (B, L) long, counted from each row's first real token
     prompt_width: int  # P: response token t sits at column P + t
     shared_prefix: int = 0  # K < P: columns [0, K) hold the same real tokens in every row
+    prompt_groups: PromptGroups | None = None  # rows repeating prompts: columns [0, P) run once per prompt
 
 
 def build_inputs(
@@ -71,11 +91,20 @@ def build_inputs(
     """Concatenate, trimming columns that are padding in every row (left of the prompts,
     right of the responses), and compute position ids from the mask (left padding must not
     shift positions; Huang et al. 2024). With ``share_prefix``, a prompt prefix common to every
-    row is moved to the first columns (see the module docstring)."""
+    row is moved to the first columns, or rows repeating a prompt are grouped, whichever saves
+    more positions (see the module docstring)."""
     lead = (prompt_mask.long().cumsum(1) == 0).sum(1)  # (B,) padding columns left of each prompt
     lead_pad = int(lead.min().item()) if prompt_mask.numel() else 0
     prompt_ids, prompt_mask, lead = prompt_ids[:, lead_pad:], prompt_mask[:, lead_pad:].long(), lead - lead_pad
     shared = common_prefix_length(prompt_ids, prompt_mask, lead) if share_prefix else 0
+    groups = prompt_groups(prompt_ids, prompt_mask) if share_prefix else None
+    if groups is not None:
+        rows, distinct = len(prompt_ids), len(groups.first_rows)
+        if (rows - distinct) * prompt_ids.shape[1] > (rows - 1) * shared:
+            input_ids = torch.cat([prompt_ids, response_ids], dim=1)
+            attention_mask = torch.cat([prompt_mask, response_mask.long()], dim=1)
+            position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
+            return SequenceInputs(input_ids, attention_mask, position_ids, prompt_ids.shape[1], 0, groups)
     if shared:
         # Row i's prompt sits at columns [lead_i, P). Its first K tokens go to columns [0, K) of
         # every row; the columns after them keep the rest of the prompt, right-aligned as before,
@@ -111,3 +140,24 @@ def common_prefix_length(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, le
     shortest = int(prompt_mask.sum(1).min().item())
     shared = min(shared, shortest - 1)
     return shared if shared >= MIN_SHARED_PREFIX and (rows - 1) * shared >= MIN_SAVED_POSITIONS else 0
+
+
+def prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> PromptGroups | None:
+    """Which rows hold the same prompt (the same real tokens at the same columns; rows need
+    not be adjacent), in order of first appearance. None when grouping would not pay: every
+    prompt distinct, or one prompt for the whole batch (then ``common_prefix_length`` shares it
+    with a batch of one), or fewer positions saved than ``MIN_SAVED_POSITIONS``."""
+    rows, width = prompt_ids.shape
+    if rows < 2 or width < MIN_SHARED_PREFIX:
+        return None
+    key = prompt_ids.masked_fill(~prompt_mask.bool(), -1)  # pad ids may be real tokens: compare masked
+    _, of_unique = torch.unique(key, dim=0, return_inverse=True)
+    distinct = int(of_unique.max().item()) + 1
+    if distinct in (1, rows) or (rows - distinct) * width < MIN_SAVED_POSITIONS:
+        return None
+    # number the distinct prompts by their first row (torch.unique numbers them by sort order)
+    row_numbers = torch.arange(rows, device=prompt_ids.device)
+    first = torch.full((distinct,), rows, device=prompt_ids.device).scatter_reduce(0, of_unique, row_numbers, "amin")
+    order = first.argsort()
+    rank = torch.empty_like(order).scatter_(0, order, torch.arange(distinct, device=order.device))
+    return PromptGroups(first[order], rank[of_unique])

@@ -41,6 +41,9 @@ class DemoConfig:
     require_learned_reward: bool = True
     rm_trainable_layers: Count | None = None  # train only the top N blocks of the RM backbone (None: all)
     rm_eval_fraction: Annotated[float, Range(gt=0, lt=1)] = 0.15  # prompts held out to measure reward-model accuracy
+    # ties exported as tie records and learned as "score these alike" (docs/reward-model.md); off:
+    # on the taste suite they left held-out accuracy unchanged at 3.4x the steps (docs/demo.md)
+    rm_ties: bool = False
     # --- 4. PPO -------------------------------------------------------------------------------
     ppo_iterations: PositiveInt = 25
     batch_size: PositiveInt = 16  # 8 gave noisy steps (approx_kl 0.19, clipfrac 0.28 on the first update)

@@ -227,7 +227,7 @@ def label_pairs(config: DemoConfig, tasks_file: Path, labeler, out: Path) -> tup
     name = "sim-" + config.labeler.rpartition(":")[2].replace("_", "-")
     summary = simulate(store, labeler, name, spec=config.labeler)
     prefs = out / "preferences.jsonl"
-    exported = export_jsonl(store, prefs)
+    exported = export_jsonl(store, prefs, ties=config.rm_ties)
     print(f"[demo] {summary.describe()}; exported {exported.pairs} pairs", flush=True)
     if summary.tie_warning():
         print(f"[demo] warning: {summary.tie_warning()}", flush=True)

@@ -62,6 +62,9 @@ def add_subcommands(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("export", help="write the answers as train-rm preference JSONL")
     _db(p)
     p.add_argument("--out", required=True, type=Path, help="preferences JSONL to write")
+    p.add_argument("--ties", action="store_true",
+                   help='write ties as {"prompt", "responses", "tie": true} records, which train-rm learns as '
+                        '"score these alike" (default: leave them out, for tools that read only pairs)')
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("stats", help="per-labeler counts and agreement between labelers")
@@ -156,7 +159,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from tether.labeling.export import export_jsonl
     from tether.labeling.store import Store
 
-    summary = export_jsonl(Store(args.db), args.out)
+    summary = export_jsonl(Store(args.db), args.out, ties=args.ties)
     print(f"wrote {args.out}: {summary.describe()}")
     return 0
 

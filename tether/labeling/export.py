@@ -9,7 +9,11 @@ When the task says which responses were cut off at the sampler's length limit, t
 carries it (``chosen_truncated``/``rejected_truncated``, or ``truncated`` for a ranking), so that
 ``train-rm`` scores such a response without an EOS it never generated. A task of a ``tether rlhf``
 round adds ``round`` to its records.
-Ties and skips order nothing, so they are left out and counted in the summary.
+Skips order nothing and are left out, counted in the summary. Ties are left out too unless asked
+for (``ties=True``, ``tether label export --ties``): then a tie is
+``{"prompt", "responses", "tie": true, ...}``, which ``train-rm`` learns as "score these alike"
+and which a reader of TRL's pair format cannot mistake for a preference (it has no
+``chosen``/``rejected``).
 """
 
 from __future__ import annotations
@@ -30,24 +34,30 @@ __all__ = ["ExportSummary", "export_records", "export_jsonl"]
 class ExportSummary:
     pairs: int  # K = 2 records written
     rankings: int  # K > 2 records written
-    ties: int  # left out
+    ties: int  # left out, or written with ties_kept
     skips: int  # left out
     labelers: int  # distinct labelers among the written records
     tasks: int  # distinct tasks among the written records
+    ties_kept: bool = False  # the ties were written as tie records
 
     def describe(self) -> str:
-        return (
-            f"{self.pairs} pairs and {self.rankings} rankings from {self.labelers} labelers on {self.tasks} tasks; "
-            f"left out {self.ties} ties and {self.skips} skips"
-        )
+        if self.ties_kept:
+            return (f"{self.pairs} pairs, {self.rankings} rankings and {self.ties} ties from {self.labelers} labelers "
+                    f"on {self.tasks} tasks; left out {self.skips} skips")
+        return (f"{self.pairs} pairs and {self.rankings} rankings from {self.labelers} labelers on {self.tasks} tasks; "
+                f"left out {self.ties} ties and {self.skips} skips")
 
 
-def export_records(answers: Iterable[tuple[Answer, Task]]) -> tuple[list[dict[str, Any]], ExportSummary]:
+def export_records(answers: Iterable[tuple[Answer, Task]],
+                   ties: bool = False) -> tuple[list[dict[str, Any]], ExportSummary]:
+    """The records of the live answers; with ``ties`` a tie is written as a tie record."""
     records: list[dict[str, Any]] = []
-    ties = skips = 0
+    tie_count = skips = 0
     for answer, task in answers:
         if answer.choice == "tie":
-            ties += 1
+            tie_count += 1
+            if ties:
+                records.append(_tie_record(answer, task))
         elif answer.choice == "skip":
             skips += 1
         else:
@@ -55,19 +65,22 @@ def export_records(answers: Iterable[tuple[Answer, Task]]) -> tuple[list[dict[st
     summary = ExportSummary(
         pairs=sum("chosen" in r for r in records),
         rankings=sum("ranking" in r for r in records),
-        ties=ties,
+        ties=tie_count,
         skips=skips,
         labelers=len({r["labeler"] for r in records}),
         tasks=len({r["task_id"] for r in records}),
+        ties_kept=ties,
     )
     return records, summary
 
 
-def export_jsonl(store: Store, out: str | Path, keep: Callable[[Task], bool] | None = None) -> ExportSummary:
+def export_jsonl(store: Store, out: str | Path, keep: Callable[[Task], bool] | None = None,
+                 ties: bool = False) -> ExportSummary:
     """Write atomically (temp file, then rename): a reader never sees half an export.
-    ``keep``: only the answers to tasks it accepts (``tether rlhf``: the rounds so far)."""
+    ``keep``: only the answers to tasks it accepts (``tether rlhf``: the rounds so far);
+    ``ties``: write ties as tie records instead of leaving them out."""
     answers = store.live_answers()
-    records, summary = export_records(answers if keep is None else [(a, t) for a, t in answers if keep(t)])
+    records, summary = export_records(answers if keep is None else [(a, t) for a, t in answers if keep(t)], ties)
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -77,11 +90,23 @@ def export_jsonl(store: Store, out: str | Path, keep: Callable[[Task], bool] | N
     return summary
 
 
-def _record(answer: Answer, task: Task) -> dict[str, Any]:
-    assert answer.ranking is not None  # ties and skips were filtered out by the caller
+def _meta(answer: Answer, task: Task) -> dict[str, Any]:
     meta = {"labeler": answer.labeler, "task_id": task.id, "reason": answer.reason}
     if task.round is not None:
         meta["round"] = task.round
+    return meta
+
+
+def _tie_record(answer: Answer, task: Task) -> dict[str, Any]:
+    record: dict[str, Any] = {"prompt": task.prompt, "responses": list(task.responses), "tie": True}
+    if task.truncated is not None:
+        record["truncated"] = list(task.truncated)
+    return {**record, **_meta(answer, task)}
+
+
+def _record(answer: Answer, task: Task) -> dict[str, Any]:
+    assert answer.ranking is not None  # ties and skips were filtered out by the caller
+    meta = _meta(answer, task)
     cut = task.truncated
     if task.k == 2:
         best, worst = answer.ranking

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 # build_inputs beside policy_forward: every caller builds the inputs it passes with it
-from tether.data.sequences import SequenceInputs, build_inputs  # noqa: F401
+from tether.data.sequences import PromptGroups, SequenceInputs, build_inputs  # noqa: F401
 from tether.ops.logprobs import entropy_from_logits, token_logprobs
 
 
@@ -33,32 +33,89 @@ def decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.
 
 
 def hidden_states_from(decoder: torch.nn.Module, inputs: SequenceInputs, start: int) -> torch.Tensor:
-    """The decoder's last hidden states at columns ``start:``: (B, L - start, H). With a shared
-    prefix of K columns (and a decoder that ``can_share_prefix``), those run once (batch 1) and
-    every row attends to their keys and values through the cache."""
-    shared = inputs.shared_prefix if inputs.shared_prefix and can_share_prefix(decoder) else 0
-    if not shared:
+    """The decoder's last hidden states at columns ``start:``: (B, L - start, H). A decoder that
+    ``can_share_prefix`` runs a shared prefix of K columns once (batch 1), or the prompt columns
+    once per distinct prompt (``inputs.prompt_groups``), and every row attends to the keys and
+    values of its prefix through the cache."""
+    rows = inputs.input_ids.shape[0]
+    sharing = (inputs.shared_prefix or inputs.prompt_groups is not None) and can_share_prefix(decoder)
+    if not sharing:
         out = decoder(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask,
                       position_ids=inputs.position_ids, use_cache=False)
         return _last_hidden(out)[:, start:]
-    rows, width = inputs.input_ids.shape
-    prefix = decoder(input_ids=inputs.input_ids[:1, :shared], position_ids=inputs.position_ids[:1, :shared],
-                     use_cache=True)
+    if inputs.prompt_groups is not None:
+        groups = inputs.prompt_groups
+        return _prefix_then_rest(decoder, inputs, start, inputs.prompt_width, groups.first_rows, groups.of_row)
+    first_row = torch.zeros(1, dtype=torch.long, device=inputs.input_ids.device)
+    return _prefix_then_rest(decoder, inputs, start, inputs.shared_prefix, first_row, first_row.expand(rows))
+
+
+def _prefix_then_rest(decoder: torch.nn.Module, inputs: SequenceInputs, start: int, width: int,
+                      prefix_rows: torch.Tensor, of_row: torch.Tensor) -> torch.Tensor:
+    """Columns [0, ``width``) of the rows ``prefix_rows`` (D of them) through the decoder with a
+    cache, the cache gathered to the B rows (row i gets prefix ``of_row[i]``), then columns
+    [width, L) of every row against it. Indexing is differentiable: the gather's backward sums
+    the gradients of the rows sharing a prefix into its one computation."""
+    length = inputs.input_ids.shape[1]
+    mask = inputs.attention_mask[prefix_rows, :width]
+    prefix = decoder(input_ids=inputs.input_ids[prefix_rows, :width],
+                     attention_mask=None if bool(mask.all()) else mask,  # None: the plain causal kernel
+                     position_ids=inputs.position_ids[prefix_rows, :width], use_cache=True)
     cache_name = _cache_argument(decoder)
     cache = prefix[cache_name]
-    cache.batch_repeat_interleave(rows)  # repeat_interleave: backward sums the rows' gradients
+    repeats = _equal_runs(of_row, len(prefix_rows))
+    if repeats:  # (the common case: G consecutive rows per prompt) backward is a reshape and a sum
+        cache.batch_repeat_interleave(repeats)
+    else:
+        cache.batch_select_indices(of_row)
     rest = decoder(
-        input_ids=inputs.input_ids[:, shared:],
+        input_ids=inputs.input_ids[:, width:],
         attention_mask=inputs.attention_mask,  # (B, L): prefix and rest, as the cache sees them
-        position_ids=inputs.position_ids[:, shared:],
-        cache_position=torch.arange(shared, width, device=inputs.input_ids.device),
+        position_ids=inputs.position_ids[:, width:],
+        cache_position=torch.arange(width, length, device=inputs.input_ids.device),
         use_cache=True,
         **{cache_name: cache},
     )
     hidden = _last_hidden(rest)
-    if start >= shared:
-        return hidden[:, start - shared:]
-    return torch.cat([_last_hidden(prefix)[:, start:].expand(rows, -1, -1), hidden], 1)
+    if start >= width:
+        return hidden[:, start - width:]
+    prefix_hidden = _last_hidden(prefix)[:, start:]
+    lent = prefix_hidden.repeat_interleave(repeats, 0) if repeats else prefix_hidden[of_row]
+    return torch.cat([lent, hidden], 1)
+
+
+def prefilled_prompts(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                      groups: PromptGroups) -> dict:
+    """``generate`` keyword arguments handing it the KV cache of every row's left-padded prompt
+    (B, P) but its last column, computed once per distinct prompt and gathered to the rows;
+    ``generate`` then feeds each row's last prompt token itself (Hugging Face's prefix reuse,
+    "Re-use Cache to continue generation" in its KV-cache guide). {} where the decoder cannot
+    share a prefix (``can_share_prefix``)."""
+    decoder, _ = decoder_and_head(model)
+    if not can_share_prefix(decoder):
+        return {}
+    width = prompt_ids.shape[1] - 1
+    mask = prompt_mask[groups.first_rows, :width].long()
+    out = decoder(input_ids=prompt_ids[groups.first_rows, :width], attention_mask=mask,
+                  position_ids=(mask.cumsum(1) - 1).clamp(min=0), use_cache=True)
+    cache = out[_cache_argument(decoder)]
+    repeats = _equal_runs(groups.of_row, len(groups.first_rows))
+    if repeats:
+        cache.batch_repeat_interleave(repeats)
+    else:
+        cache.batch_select_indices(groups.of_row)
+    return {_cache_argument(model): cache}
+
+
+def _equal_runs(of_row: torch.Tensor, distinct: int) -> int:
+    """G when ``of_row`` is 0 x G, 1 x G, ..., (D-1) x G (each prefix lent to G consecutive
+    rows), else 0."""
+    rows = len(of_row)
+    if rows % distinct:
+        return 0
+    runs = rows // distinct
+    expected = torch.arange(distinct, device=of_row.device).repeat_interleave(runs)
+    return runs if torch.equal(of_row, expected) else 0
 
 
 def can_share_prefix(decoder: torch.nn.Module) -> bool:
@@ -123,8 +180,7 @@ def policy_forward(
     logits = lm_head(hidden)
     logprobs = token_logprobs(logits, response_ids, temperature)
     entropy = None
-    if with_entropy:
-        with torch.no_grad():
-            entropy = entropy_from_logits(logits / temperature if temperature != 1.0 else logits)
+    if with_entropy:  # with grad where grad is on: the entropy bonus trains on it (scoring runs under no_grad)
+        entropy = entropy_from_logits(logits / temperature if temperature != 1.0 else logits)
     values = value_head(hidden).squeeze(-1).float() if value_head is not None else None
     return PolicyOutputs(logprobs, entropy, values)

@@ -24,6 +24,7 @@ __all__ = [
     "ppo_clip_loss",
     "policy_gradient_loss",
     "value_loss",
+    "entropy_bonus_loss",
     "explained_variance",
     "bradley_terry_loss",
     "dpo_loss",
@@ -175,6 +176,24 @@ def value_loss(
     return loss, stats
 
 
+def entropy_bonus_loss(
+    entropy: torch.Tensor,
+    response_mask: torch.Tensor,
+    aggregation: Aggregation = "token-mean",
+    num_tokens: float | None = None,
+    num_sequences: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The entropy bonus S[π_θ] of PPO's objective, L = L^CLIP - c1·L^VF + c2·S (Schulman et al.
+    2017, eq. 9), as a loss to minimise: -H̄, where H̄ is the policy's per-token entropy aggregated
+    like the other terms (cleanrl's ppo.py: ``loss = pg_loss - ent_coef * entropy_loss + ...``).
+    The caller weighs it by its coefficient c2.
+
+    entropy: (B, T) nats of π_θ(.|s_t), with grad. Stats: ``entropy``, the aggregated H̄.
+    """
+    mean_entropy = aggregate_loss(entropy, response_mask, aggregation, num_tokens, num_sequences)
+    return -mean_entropy, {"entropy": mean_entropy.detach()}
+
+
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
     """1 - Var(R - V) / Var(R) over real tokens: 1 is a perfect critic, ≤ 0 no better than a
     constant. values, returns, response_mask: (B, T) -> scalar."""
@@ -189,23 +208,35 @@ def bradley_terry_loss(
     rejected_scores: torch.Tensor,
     margin: torch.Tensor | None = None,
     weights: torch.Tensor | None = None,
+    ties: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Bradley-Terry reward-model loss, -log σ(r_w - r_l - m), weighted mean over pairs.
 
     chosen_scores, rejected_scores: (N,); margin: (N,) or None (Llama 2's margin term);
     weights: (N,) or None, e.g. 1/C(K,2) per pair so every ranked prompt weighs the same
-    (InstructGPT). Stats: accuracy (r_w > r_l; ties count half) and mean score gap.
+    (InstructGPT). ties: (N,) bool or None: a tied pair (the labeler saw no difference; its
+    "chosen" and "rejected" are just its two responses) is the cross-entropy of σ(r_a - r_b)
+    against an even target, -½·log σ(g) - ½·log σ(-g): ln 2 at equal scores, and its gradient
+    σ(g) - ½ pulls the gap back to 0, so the labeler's "no difference" is learned, not dropped
+    (the soft-label form of a tie; margins do not apply to it).
+    Stats over the preference (non-tie) pairs: accuracy (r_w > r_l; equal scores count half)
+    and mean score gap.
     """
     gap = chosen_scores - rejected_scores
     logits = gap - margin if margin is not None else gap
     per_pair = -F.logsigmoid(logits)
+    if ties is not None:
+        per_pair = torch.where(ties, -0.5 * (F.logsigmoid(gap) + F.logsigmoid(-gap)), per_pair)
     if weights is None:
         loss = per_pair.mean()
     else:
         loss = (per_pair * weights).sum() / weights.sum()
     with torch.no_grad():
-        accuracy = ((gap > 0).float() + 0.5 * (gap == 0).float()).mean()
-        stats = {"accuracy": accuracy, "margin": gap.mean()}
+        preference = gap if ties is None else gap[~ties]
+        if preference.numel() == 0:  # ties only: nothing to be right about, so chance and no gap
+            preference = gap.new_zeros(1)
+        accuracy = ((preference > 0).float() + 0.5 * (preference == 0).float()).mean()
+        stats = {"accuracy": accuracy, "margin": preference.mean()}
     return loss, stats
 
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 
 from tether.data.sequences import left_pad, right_pad  # noqa: F401 (right_pad: the other half of a rollout's padding)
+from tether.data.sequences import prompt_groups
+from tether.models.forward import prefilled_prompts
 from tether.ops.masking import mask_after_first_eos, real_width
 from tether.ops.sampling import inverse_cdf_sample
 from tether.types import Rollout
@@ -51,9 +53,12 @@ def generate_rollout(
     prompt_token_ids: list[list[int]],
     settings: SamplingSettings,
     group_size: int = 1,
+    share_prompts: bool = True,
 ) -> Rollout:
     """Sample one response per row. ``prompts``/``prompt_token_ids`` hold B rows (a prompt
-    repeated ``group_size`` times in consecutive rows when several samples per prompt)."""
+    repeated ``group_size`` times in consecutive rows when several samples per prompt). With
+    ``share_prompts``, rows repeating a prompt prefill it once (``prefilled_prompts``): the same
+    samples up to float rounding, the same random draws."""
     from transformers import GenerationConfig
 
     device = next(model.parameters()).device
@@ -80,9 +85,11 @@ def generate_rollout(
     was_training = model.training
     model.eval()
     try:
+        groups = prompt_groups(prompt_ids, prompt_mask) if share_prompts else None
+        prefilled = prefilled_prompts(model, prompt_ids, prompt_mask, groups) if groups is not None else {}
         output = model.generate(
             input_ids=prompt_ids, attention_mask=prompt_mask.long(), generation_config=generation_config,
-            logits_processor=sampling_processors(settings, prompt_ids.shape[1], eos_ids),
+            logits_processor=sampling_processors(settings, prompt_ids.shape[1], eos_ids), **prefilled,
         )
     finally:
         model.train(was_training)

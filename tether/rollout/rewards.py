@@ -159,20 +159,36 @@ def source_kind(source: str | Callable) -> str:
     return "model"
 
 
-def config_sources(config) -> list[tuple[str, str]]:
+@dataclass(frozen=True)
+class RewardSettings:
+    """The reward section of an online run's config (``PPOConfig.reward_settings``): the sources,
+    their weights, and how they are called."""
+
+    reward_model: str | None  # a scalar-head reward model
+    reward_function: str | None  # module:function
+    rewards: tuple[str, ...]  # more sources, each told apart by its form (source_kind)
+    reward_weights: tuple[float, ...] | None  # one per source, in order; None: 1 each
+    reward_timeout: float  # seconds a reward server may take to answer
+    reward_retries: int  # further tries after a reward server fails
+    forward_batch_size: int  # responses per reward-model forward
+    chat_template: bool | str  # how a reward model reads the prompt (ModelReward)
+    precision: str  # dtype reward models are frozen in
+
+
+def config_sources(settings: RewardSettings) -> list[tuple[str, str]]:
     """The config's reward sources as (source, kind), in order: ``reward_model`` (a model),
     ``reward_function`` (a function), then each of ``rewards`` (told apart by its form)."""
-    sources = [(config.reward_model, "model")] if config.reward_model is not None else []
-    if config.reward_function is not None:
-        sources.append((config.reward_function, "function"))
-    return sources + [(s, source_kind(s)) for s in getattr(config, "rewards", None) or []]
+    sources = [(settings.reward_model, "model")] if settings.reward_model is not None else []
+    if settings.reward_function is not None:
+        sources.append((settings.reward_function, "function"))
+    return sources + [(s, source_kind(s)) for s in settings.rewards]
 
 
-def reward_specs(config, python: Any = None) -> list[RewardSpec]:
+def reward_specs(settings: RewardSettings, python: Any = None) -> list[RewardSpec]:
     """The run's named, weighted sources: the config's, or those passed from Python
     (``tether.PPO(config, reward=...)``: a callable, a source string, a list of them, or a dict
-    name -> source), never both. Weights: ``config.reward_weights``, else 1 each."""
-    given = config_sources(config)
+    name -> source), never both. Weights: ``reward_weights``, else 1 each."""
+    given = config_sources(settings)
     if python is not None and given:
         raise ConfigError("the reward is given twice: in the config (reward_model, reward_function or rewards) and "
                           "as reward=; keep one")
@@ -180,7 +196,7 @@ def reward_specs(config, python: Any = None) -> list[RewardSpec]:
     if not named:
         raise ConfigError("no reward: set reward_model (a folder), reward_function (module:function) or rewards "
                           "(functions, reward models, http:// reward servers); from Python, reward=")
-    weights = list(config.reward_weights) if getattr(config, "reward_weights", None) is not None else [1.0] * len(named)
+    weights = list(settings.reward_weights) if settings.reward_weights is not None else [1.0] * len(named)
     if len(weights) != len(named):
         raise ConfigError(f'field "reward_weights" has {len(weights)} weight(s) for {len(named)} reward source(s); '
                           "give one per source, in the same order")
@@ -247,7 +263,7 @@ def check_reward_specs(specs: list[RewardSpec]) -> None:
             raise ConfigError(f"reward {spec.name!r}: {spec.source!r} is not a URL of the form http://host:port/path")
 
 
-def build_reward(specs: list[RewardSpec], config, policy_tokenizer, device: torch.device) -> CombinedReward:
+def build_reward(specs: list[RewardSpec], settings: RewardSettings, policy_tokenizer, device: torch.device) -> CombinedReward:
     """Each spec as a source: functions imported, reward models loaded frozen on ``device``,
     servers reached through ``RemoteReward`` (``reward_timeout``, ``reward_retries``)."""
     sources = []
@@ -257,19 +273,20 @@ def build_reward(specs: list[RewardSpec], config, policy_tokenizer, device: torc
         elif spec.kind == "http":
             from tether.rollout.remote_reward import RemoteReward
 
-            source = RemoteReward(spec.source, config.reward_timeout, config.reward_retries)
+            source = RemoteReward(spec.source, settings.reward_timeout, settings.reward_retries)
         else:
-            source = _model_reward(spec.source, config, policy_tokenizer, device)
+            source = _model_reward(spec.source, settings, policy_tokenizer, device)
         sources.append((spec.name, source, spec.weight))
     return CombinedReward(sources)
 
 
-def _model_reward(path: str, config, policy_tokenizer, device: torch.device) -> ModelReward:
+def _model_reward(path: str, settings: RewardSettings, policy_tokenizer, device: torch.device) -> ModelReward:
     from tether.models.loading import freeze, load_tokenizer
     from tether.models.scalar_head import ScalarHeadModel
 
-    model = freeze(ScalarHeadModel.from_pretrained(path, device), config.precision)
-    return ModelReward(model, load_tokenizer(path), policy_tokenizer, config.forward_batch_size, config.chat_template)
+    model = freeze(ScalarHeadModel.from_pretrained(path, device), settings.precision)
+    return ModelReward(model, load_tokenizer(path), policy_tokenizer, settings.forward_batch_size,
+                       settings.chat_template)
 
 
 def is_finite(scores: torch.Tensor) -> bool:
@@ -281,5 +298,5 @@ def describe_nonfinite(scores: torch.Tensor) -> str:
     return f"{len(bad)} non-finite score(s) at rows {bad[:8]}" + ("..." if len(bad) > 8 else "")
 
 
-__all__ = ["RewardSource", "FunctionReward", "ModelReward", "CombinedReward", "RewardSpec", "reward_specs",
+__all__ = ["RewardSource", "FunctionReward", "ModelReward", "CombinedReward", "RewardSettings", "RewardSpec", "reward_specs",
            "check_reward_specs", "build_reward", "checked_scores", "load_function", "is_finite", "describe_nonfinite"]

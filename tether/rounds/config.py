@@ -55,7 +55,12 @@ class RoundsConfig:
     rm_evals_per_epoch: PositiveInt = 3  # held-out evaluations per epoch (early stopping picks among them)
     rm_trainable_layers: Count | None = None  # train only the top N blocks of the RM backbone (None: all)
     rm_eval_fraction: Annotated[float, Range(gt=0, lt=1)] = 0.15  # labeled prompts held out to measure reward-model accuracy
-    require_learned_reward: bool = False  # stop before a round's PPO when its reward model is not above chance
+    # ties exported as tie records and learned as "score these alike" (docs/reward-model.md); off:
+    # on the taste suite they left held-out accuracy unchanged at 3.4x the steps (docs/demo.md)
+    rm_ties: bool = False
+    # stop before a round's PPO when its reward model is not above chance (its 95% interval over
+    # held-out prompts reaches 50%), as `tether demo` does: PPO on such a model follows noise
+    require_learned_reward: bool = True
     # --- PPO (continued from the last round's policy and critic) --------------------------------
     ppo_iterations: PositiveInt = 24  # over all rounds, split evenly (the first rounds take the remainder)
     batch_size: PositiveInt = 16

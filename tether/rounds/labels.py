@@ -72,7 +72,8 @@ def collect_round_labels(config: RoundsConfig, store: Store, round_: int, tasks_
     else:
         deadline_passed = wait_for_answers(config, store, round_)
     _, this_round = export_records((a, t) for a, t in store.live_answers() if t.round == round_)
-    so_far = export_jsonl(store, preferences, keep=lambda task: task.round is not None and task.round <= round_)
+    so_far = export_jsonl(store, preferences, keep=lambda task: task.round is not None and task.round <= round_,
+                          ties=config.rm_ties)
     progress = store.round_progress(round_, config.answers_per_task)
     labels = RoundLabels(round_, progress.total, progress.answered, this_round.pairs + this_round.rankings,
                          this_round.ties, this_round.skips, so_far.pairs + so_far.rankings, deadline_passed)

@@ -13,7 +13,7 @@ command per row, and building the CLI's parser must not import torch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
 from tether.errors import ConfigError
 
@@ -90,6 +90,19 @@ def reinforce_pp_returns(x: AdvantageInputs) -> tuple[torch.Tensor, None]:
 # ---- loss terms ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class LossSettings:
+    """The loss section of an online run's config (``PPOConfig.loss_settings``): what the loss
+    terms read besides the batch."""
+
+    clip_eps: float  # PPO ratio clip ε
+    clip_eps_high: float | None  # upper clip; None: ε
+    value_clip_eps: float  # value clip ε_v; 0 disables
+    vf_coef: float  # weight of the value loss
+    entropy_coef: float  # weight of the entropy bonus; 0: off (no entropy computed in the update)
+    loss_aggregation: str  # how per-token losses become one number (tether.ops.losses.aggregate_loss)
+
+
 @dataclass
 class LossInputs:
     """One micro-batch after the training forward pass: what every loss term reads."""
@@ -98,11 +111,12 @@ class LossInputs:
     logprobs: torch.Tensor | None  # (b, R) log π_θ(y_t|s_t), with grad; None when only the critic runs
     values: torch.Tensor | None  # (b, R) V_θ(s_t) in fp32, with grad; None without a critic
     algorithm: "AlgorithmSpec"
-    config: Any  # the run's PPOConfig: clip ranges, vf_coef, loss_aggregation
+    settings: LossSettings
     kl_coef: float  # β
     kl_in_loss: bool
     num_tokens: torch.Tensor  # real tokens of the whole (global) minibatch: exact accumulation
     num_sequences: int  # responses of the whole (global) minibatch
+    entropy: torch.Tensor | None = None  # (b, R) entropy of π_θ(.|s_t), with grad; None unless entropy_coef > 0
 
 
 @dataclass
@@ -118,7 +132,7 @@ LossTerm = Callable[[LossInputs], LossPart | None]
 
 
 def _aggregation(x: LossInputs) -> dict:
-    return dict(aggregation=x.config.loss_aggregation, num_tokens=x.num_tokens, num_sequences=x.num_sequences)
+    return dict(aggregation=x.settings.loss_aggregation, num_tokens=x.num_tokens, num_sequences=x.num_sequences)
 
 
 def policy_term(x: LossInputs) -> LossPart | None:
@@ -127,7 +141,7 @@ def policy_term(x: LossInputs) -> LossPart | None:
         return None
     mb = x.batch
     loss, stats = x.algorithm.policy_loss(x.logprobs, mb.old_logprobs, mb.advantages, mb.response_mask,
-                                          clip_eps=x.config.clip_eps, clip_eps_high=x.config.clip_eps_high,
+                                          clip_eps=x.settings.clip_eps, clip_eps_high=x.settings.clip_eps_high,
                                           **_aggregation(x))
     return LossPart(loss, {"losses/policy_loss": loss, **{f"policy/{name}": v for name, v in stats.items()}})
 
@@ -140,7 +154,7 @@ def kl_term(x: LossInputs) -> LossPart | None:
     from tether.ops.losses import aggregate_loss
 
     kl = aggregate_loss(kl_estimate(x.logprobs, x.batch.ref_logprobs, "k3"), x.batch.response_mask,
-                        mode=x.config.loss_aggregation, num_tokens=x.num_tokens, num_sequences=x.num_sequences)
+                        mode=x.settings.loss_aggregation, num_tokens=x.num_tokens, num_sequences=x.num_sequences)
     return LossPart(x.kl_coef * kl, {"losses/kl_loss": kl})
 
 
@@ -151,13 +165,25 @@ def value_term(x: LossInputs) -> LossPart | None:
         return None
     from tether.ops.losses import value_loss
 
-    loss, stats = value_loss(x.values, mb.old_values, mb.returns, mb.response_mask, x.config.value_clip_eps,
+    loss, stats = value_loss(x.values, mb.old_values, mb.returns, mb.response_mask, x.settings.value_clip_eps,
                              **_aggregation(x))
-    return LossPart(x.config.vf_coef * loss, {"losses/value_loss": loss, "value/clipfrac": stats["clipfrac"]},
+    return LossPart(x.settings.vf_coef * loss, {"losses/value_loss": loss, "value/clipfrac": stats["clipfrac"]},
                     trains_critic=True)
 
 
-STANDARD_TERMS: tuple[LossTerm, ...] = (policy_term, kl_term, value_term)
+def entropy_term(x: LossInputs) -> LossPart | None:
+    """The entropy bonus, -c·H̄ of π_θ over the response tokens (PPO's c2·S, Schulman et al. 2017
+    eq. 9; cleanrl's ``ent_coef``): keeps the policy from collapsing onto one answer early.
+    Absent at ``entropy_coef`` 0, so the loss stays bitwise that of the other terms."""
+    if x.settings.entropy_coef == 0 or x.logprobs is None:
+        return None
+    from tether.ops.losses import entropy_bonus_loss
+
+    loss, stats = entropy_bonus_loss(x.entropy, x.batch.response_mask, **_aggregation(x))
+    return LossPart(x.settings.entropy_coef * loss, {"losses/entropy": stats["entropy"]})
+
+
+STANDARD_TERMS: tuple[LossTerm, ...] = (policy_term, kl_term, value_term, entropy_term)
 
 
 def clipped_surrogate(*args, **kwargs):

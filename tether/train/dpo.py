@@ -28,7 +28,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal, Sequence
+from typing import Annotated, Callable, ClassVar, Literal, Sequence
 
 import torch
 
@@ -41,12 +41,11 @@ from tether.models.registry import resolve_model
 from tether.ops.losses import dpo_loss
 from tether.ops.masking import real_width
 from tether.reporting.sinks import SinkOptions
-from tether.train.reward_model import start_preference_run
 from tether.utils.precision import autocast
-from tether.train.run_dir import save_pretrained_atomic
-from tether.train.sft import epoch_batches, guarded_step, make_optimizer, planned_steps, validate_common
-from tether.utils.checkpoint import Checkpointer
-from tether.utils.signals import GracefulStop
+from tether.train.optim import make_optimizer
+from tether.train.run_dir import RunSettings, save_pretrained_atomic
+from tether.train.supervised import (SupervisedTask, epoch_batches, fit, planned_steps, start_preference_run,
+                                     validate_common)
 
 DPO_STATS = ("rewards/chosen", "rewards/rejected", "rewards/accuracy", "rewards/margin", "logps/chosen", "logps/rejected")
 
@@ -96,6 +95,10 @@ class DPOConfig(SinkOptions):
     overwrite: bool = False  # replace an existing run of the same name (its reference cache is kept)
     quiet: bool = False  # no progress bar (CI)
     # metric_sinks and the sinks' options: inherited from SinkOptions (tether/reporting/sinks.py)
+
+    @property
+    def run_settings(self) -> RunSettings:
+        return RunSettings(self.output_dir, self.run_name, self.algorithm, self.resume, overwrite=self.overwrite)
 
     def __post_init__(self) -> None:
         super().__post_init__()  # the metric-sink fields
@@ -176,71 +179,64 @@ def reference_logps(config: DPOConfig, items: Sequence[TokenizedPair], pad_id: i
 # ----- training -----------------------------------------------------------------------------
 
 
-def train_dpo(config: DPOConfig) -> Path:
+def train_dpo(config: DPOConfig, *, callbacks: Sequence[Callable] = ()) -> Path:
     """Fit the policy to the preferences; returns the run directory (``metrics.jsonl``, the
-    reference cache and the final ``policy/``, loadable with ``AutoModelForCausalLM``)."""
-    begun = start_preference_run(config)
-    device, tokenizer, run, resume_from = begun.device, begun.tokenizer, begun.run, begun.resume_from
-    train_items, eval_items = begun.train_items, begun.eval_items
-    pad_id = tokenizer.pad_token_id
+    reference cache and the final ``policy/``, loadable with ``AutoModelForCausalLM``).
+    ``callbacks``: ``fn(step, metrics)`` after each step; returning True ends the run there with
+    its policy saved."""
+    begun = start_preference_run(config, callbacks)
+    device, run, pad_id, eval_items = begun.device, begun.run, begun.tokenizer.pad_token_id, begun.eval_items
 
     # π_ref once, before the policy exists in memory: (N, 2) tensors, cached in the run dir
-    ref_train, cached = reference_logps(config, train_items, pad_id, device, run.path / "ref_logps")
+    ref_train, cached = reference_logps(config, begun.train_items, pad_id, device, run.path / "ref_logps")
     ref_eval = reference_logps(config, eval_items, pad_id, device, run.path / "ref_logps")[0] if eval_items else None
 
     model = load_causal_lm(config.model, device)
     model.train()
-    total_steps = planned_steps(len(train_items), config)
+    total_steps = planned_steps(len(begun.train_items), config)
     optimizer, scheduler = make_optimizer(model.parameters(), config, total_steps)
-    indexed = list(enumerate(train_items))
+    indexed = list(enumerate(begun.train_items))
     collate = lambda rows: (torch.tensor([i for i, _ in rows]), collate_pairs([it for _, it in rows], pad_id))  # noqa: E731
-    micro = config.micro_batch_size or config.batch_size
 
-    ckpt = Checkpointer(run.path, config.checkpoint_every, config.keep_checkpoints, total_steps,
-                        modules={"model": model}, stateful={"optimizer": optimizer, "scheduler": scheduler})
-    start = ckpt.restore(resume_from)[0] if resume_from else 0
+    def train_step(indexed_batch: tuple[torch.Tensor, PreferenceBatch]):
+        rows, batch = indexed_batch
+        return accumulated_step(model, batch, ref_train[rows], config, device)
 
-    with run.progress(total_steps - start, "dpo") as progress, GracefulStop("the current step") as stop:
-        for step, (rows, batch) in enumerate(epoch_batches(indexed, collate, config, total_steps), start=1):
-            if step <= start:
-                continue  # resumed: the batch order is a function of (seed, epoch), so skipping restores it
-            optimizer.zero_grad(set_to_none=True)
-            sums: dict[str, float] = {}
-            total_loss = torch.zeros(())
-            for chunk in torch.arange(len(batch)).split(micro):
-                part = _select(batch, chunk).to(device)
-                ref = ref_train[rows[chunk]].to(device)
-                with autocast(device, config.precision):
-                    chosen, rejected = sequence_logps(model, part)
-                loss, stats = dpo_loss(chosen, rejected, ref[:, 0], ref[:, 1], config.beta,
-                                       config.label_smoothing, config.loss_type)
-                # the loss is a mean over pairs: weighting each chunk by its share keeps accumulation exact
-                share = len(chunk) / len(batch)
-                (loss * share).backward()
-                total_loss = total_loss + loss.detach().float().cpu() * share
-                for name, value in stats.items():
-                    sums[name] = sums.get(name, 0.0) + value.item() * share
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            if guarded_step(optimizer, scheduler, total_loss, grad_norm, run, step, {"policy": model}):
-                metrics = {"train/loss": total_loss.item(), **sums, "train/grad_norm": float(grad_norm),
-                           "train/lr": scheduler.get_last_lr()[0]}
-            else:
-                metrics = {"guard/skipped": 1.0}
-            if step == start + 1:
-                metrics["ref/cached"] = float(cached)
-            if eval_items and (step % config.eval_every == 0 or step == total_steps):
-                metrics.update({f"eval/{k}": v for k, v in evaluate_dpo(model, eval_items, ref_eval, pad_id, config, device).items()})
-            run.log(step, metrics)
-            progress.advance(1, loss=metrics.get("train/loss", float("nan")), acc=metrics.get("rewards/accuracy", float("nan")))
-            if ckpt.end_of_iteration(step, {}, run.history, stop.requested):
-                break
+    def evaluate(step: int) -> dict[str, float]:
+        return {f"eval/{k}": v for k, v in evaluate_dpo(model, eval_items, ref_eval, pad_id, config, device).items()}
 
-    if stop.requested:
-        run.stopped(stop.requested, ckpt.last_saved, f"tether dpo --config {run.path / 'config.yaml'} resume={run.path}")
+    fit(SupervisedTask(command="dpo", role="policy", model=model, optimizer=optimizer, scheduler=scheduler,
+                       total_steps=total_steps, batches=epoch_batches(indexed, collate, config, total_steps),
+                       step=train_step, evaluate=evaluate if eval_items else None, eval_every=config.eval_every,
+                       progress_fields={"loss": "train/loss", "acc": "rewards/accuracy"},
+                       first_metrics={"ref/cached": float(cached)}), begun)
     model.eval()
-    save_pretrained_atomic(model, run.path / "policy", tokenizer)
+    save_pretrained_atomic(model, run.path / "policy", begun.tokenizer)
     run.close()
     return run.path
+
+
+def accumulated_step(model, batch: PreferenceBatch, ref: torch.Tensor, config: DPOConfig,
+                     device) -> tuple[torch.Tensor, dict[str, float]]:
+    """Forward and backward of one batch in micro-batches of ``micro_batch_size`` pairs; ``ref``
+    (N, 2): the batch's reference log-probs. Returns the batch's mean loss (detached) and stats."""
+    micro = config.micro_batch_size or config.batch_size
+    sums: dict[str, float] = {}
+    total_loss = torch.zeros(())
+    for chunk in torch.arange(len(batch)).split(micro):
+        part = _select(batch, chunk).to(device)
+        ref_part = ref[chunk].to(device)
+        with autocast(device, config.precision):
+            chosen, rejected = sequence_logps(model, part)
+        loss, stats = dpo_loss(chosen, rejected, ref_part[:, 0], ref_part[:, 1], config.beta,
+                               config.label_smoothing, config.loss_type)
+        # the loss is a mean over pairs: weighting each chunk by its share keeps accumulation exact
+        share = len(chunk) / len(batch)
+        (loss * share).backward()
+        total_loss = total_loss + loss.detach().float().cpu() * share
+        for name, value in stats.items():
+            sums[name] = sums.get(name, 0.0) + value.item() * share
+    return total_loss, sums
 
 
 def evaluate_dpo(model, items: Sequence[TokenizedPair], ref: torch.Tensor, pad_id: int, config: DPOConfig,
@@ -262,7 +258,8 @@ def _select(batch: PreferenceBatch, rows: torch.Tensor) -> PreferenceBatch:
 
     if len(rows) == len(batch):
         return batch
-    return PreferenceBatch(part(batch.chosen), part(batch.rejected), batch.margin[rows], batch.weight[rows])
+    return PreferenceBatch(part(batch.chosen), part(batch.rejected), batch.margin[rows], batch.weight[rows],
+                           batch.tie[rows])
 
 
 __all__ = ["DPOConfig", "train_dpo", "sequence_logps", "reference_logps", "reference_key"]

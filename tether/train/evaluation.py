@@ -253,7 +253,7 @@ def build_evaluator(config, eval_prompts: list, roles, dist, device: torch.devic
     ids = [encode_prompt(roles.tokenizer, p, config.chat_template)[-config.max_prompt_tokens :] for p in share]
     evaluator = Evaluator(
         roles, dist, device, share, ids, weights,
-        SamplingSettings(config.max_new_tokens, config.temperature, config.top_k, config.top_p),
+        config.sampling_settings,
         load_function(config.gold, "gold function") if config.gold else None,
         config.eval_every, config.total_iterations, rank_seed(config.seed + EVAL_SEED_OFFSET, dist),
         max(config.batch_size * config.samples_per_prompt // dist.world_size, 1), config.precision)

@@ -33,9 +33,9 @@ from tether.rollout.engine import RolloutEngine
 from tether.rollout.generation import SamplingSettings
 from tether.rollout.rewards import is_finite
 from tether.train.algorithms import AdvantageInputs, AlgorithmSpec
+from tether.train.optim import make_adamw, make_scheduler
 from tether.train.rl_phases import UpdateStats, run_updates, score_rollout, sequence_kl, shape_rewards
 from tether.train.roles import Roles
-from tether.train.run_dir import make_adamw, make_scheduler
 from tether.types import ScoredRollout, TrainBatch
 from tether.utils.distributed import DistContext, whiten
 

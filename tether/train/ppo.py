@@ -33,7 +33,6 @@ from tether.ops.losses import explained_variance
 from tether.ops.masking import masked_mean
 from tether.ops.mismatch import logprob_mismatch
 from tether.rollout.engine import build_rollout_engine
-from tether.rollout.generation import SamplingSettings
 from tether.rollout.prompts import PromptStream
 from tether.rollout.rewards import describe_nonfinite
 from tether.train.algorithms import algorithm_for
@@ -57,7 +56,7 @@ def train_ppo(config: PPOConfig, *, reward=None, callbacks: Sequence[Callback] =
     ``reward``: reward sources from Python instead of the config's (callables, source strings,
     a list, or a dict name -> source); ``callbacks``: per-iteration hooks that may stop the run
     cleanly (tether.train.run_hooks; docs/python-api.md)."""
-    hooks = RunHooks.create(config, reward, callbacks)
+    hooks = RunHooks.create(config.reward_settings, config.sample_table_every, reward, callbacks)
     preflight(config)  # every check that needs no model: fail in a second, not after loading
     keep_freed_host_memory()  # no page faults on each step's large buffers (tether/utils/host_memory.py)
     dist, device_spec = init_distributed(config.strategy, config.device)
@@ -94,12 +93,12 @@ def _set_up(config: PPOConfig, dist: DistContext, device: torch.device, hooks: R
     prompt_list, eval_list = training_and_eval_prompts(config)  # eval prompts never enter training
     run = RunDirectory.create(config, quiet=config.quiet, resume_history=resume_from and resume_from["history"],
                               write=dist.is_main)
-    roles = build_roles(config, device, algorithm.needs_critic, hooks.rewards)
+    roles = build_roles(config.model_settings, config.reward_settings, device, algorithm.needs_critic, hooks.rewards)
     roles.actor = wrap_trained(roles.actor, dist, device)  # DDP / FSDP2 under torchrun, else as is
     if roles.critic_forward is not None:
         roles.critic_forward = wrap_trained(roles.critic_forward, dist, device)
     prompts = PromptStream(prompt_list, roles.tokenizer, config.chat_template, config.max_prompt_tokens, config.seed)
-    sampling = SamplingSettings(config.max_new_tokens, config.temperature, config.top_k, config.top_p)
+    sampling = config.sampling_settings
     optimizer, scheduler, kl_ctl = build_optimization(config, roles, algorithm, device)
     shuffle_generator = torch.Generator().manual_seed(config.seed)
     ckpt = RankZeroCheckpointer(run.path, config.checkpoint_every, config.keep_checkpoints, config.total_iterations,
@@ -156,7 +155,7 @@ def _train(config: PPOConfig, dist: DistContext, device: torch.device, hooks: Ru
     hooks.report_stop(config.total_iterations, dist)
     full_states = full_state_dicts(state.roles, dist)  # FSDP2: gathered on every rank; else None
     if dist.is_main:
-        run.save_final(state.roles, config, full_states)
+        run.save_final(state.roles, config.save_critic, full_states)
     dist.barrier()
     run.close()
     return run.path

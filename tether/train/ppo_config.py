@@ -11,7 +11,11 @@ from tether.config import Count, Finite, Fraction, NonNegative, Positive, Positi
 from tether.errors import ConfigError
 from tether.ops.losses import Aggregation
 from tether.reporting.sinks import SinkOptions
-from tether.train.algorithms import ALGORITHMS, algorithm_for
+from tether.rollout.generation import SamplingSettings
+from tether.rollout.rewards import RewardSettings
+from tether.train.algorithms import ALGORITHMS, LossSettings, algorithm_for
+from tether.train.roles import ModelSettings
+from tether.train.run_dir import RunSettings
 
 Algorithm = Literal[tuple(ALGORITHMS)]  # the rows of the table
 
@@ -59,6 +63,9 @@ class PPOConfig(SinkOptions):
     clip_eps_high: NonNegative | None = None  # upper clip (DAPO's clip-higher); default ε
     value_clip_eps: NonNegative = 0.2  # value clip ε_v; 0 disables
     vf_coef: NonNegative = 0.1  # weight of the value loss in the total loss
+    # weight c of the entropy bonus: the loss gets -c x the policy's mean entropy over response tokens
+    # (Schulman et al. 2017, eq. 9; cleanrl's ent_coef), against early collapse onto one answer; 0 = off
+    entropy_coef: NonNegative = 0.0
     # iterations at the start that train only the critic while the policy waits (verl's
     # critic_warmup, OpenRLHF's freezing_actor_steps): a critic initialised from the reward model
     # scores whole responses, not the states before each token, and its first advantages are noise
@@ -129,6 +136,14 @@ class PPOConfig(SinkOptions):
     def __post_init__(self) -> None:
         super().__post_init__()  # the metric-sink fields
         check_ranges(self)  # each numeric field's declared bounds; the checks below relate fields
+        self._check_rewards()
+        self._check_batch_sizes()
+        algorithm_for(self)  # the algorithm's own checks: groups, whitening
+        if self.resume == "auto" and not self.run_name:
+            raise ConfigError('resume: auto needs a run_name (the run directory to continue)')
+        self._check_scaling()
+
+    def _check_rewards(self) -> None:
         # the reward sources: reward_model, reward_function, then each of rewards (none: given from Python, tether.PPO)
         sources = (self.reward_model is not None) + (self.reward_function is not None) + len(self.rewards or [])
         if self.reward_weights is not None and sources and len(self.reward_weights) != sources:
@@ -136,6 +151,8 @@ class PPOConfig(SinkOptions):
                               "source(s) (reward_model, reward_function, then rewards); give one per source, in that order")
         if self.gold is not None and self.eval_prompts is None:
             raise ConfigError('field "gold" scores the evaluation: set eval_prompts (held-out prompts) too')
+
+    def _check_batch_sizes(self) -> None:
         rollout = self.batch_size * self.samples_per_prompt
         if rollout % self.mini_batch_size:
             raise ConfigError(
@@ -146,9 +163,8 @@ class PPOConfig(SinkOptions):
             raise ConfigError(
                 f"mini_batch_size = {self.mini_batch_size} must be a multiple of micro_batch_size = {self.micro_batch_size}"
             )
-        algorithm_for(self)  # the algorithm's own checks: groups, whitening
-        if self.resume == "auto" and not self.run_name:
-            raise ConfigError('resume: auto needs a run_name (the run directory to continue)')
+
+    def _check_scaling(self) -> None:
         if self.lora_r and self.strategy == "fsdp2":
             raise ConfigError("LoRA with strategy=fsdp2 is not supported yet; LoRA's trained state is small: use strategy=ddp")
         if self.lora_r and self.reference is not None:
@@ -159,6 +175,39 @@ class PPOConfig(SinkOptions):
         if self.rollout_engine == "vllm" and self.lora_r:
             raise ConfigError("rollout_engine=vllm with lora_r > 0 is not supported yet (vLLM would need the merged "
                               "weights after every update); use rollout_engine=hf")
+
+    # --- sections: each phase gets the part of the config it reads ------------------------------
+    @property
+    def model_settings(self) -> ModelSettings:
+        """For building the roles (tether.train.roles)."""
+        targets = tuple(self.lora_target_modules) if self.lora_target_modules is not None else None
+        return ModelSettings(self.policy, self.reference, self.critic, self.critic_model, self.reward_model,
+                             self.precision, self.lora_r, self.lora_alpha, self.lora_dropout, targets,
+                             self.gradient_checkpointing, self.offload_frozen)
+
+    @property
+    def reward_settings(self) -> RewardSettings:
+        """For naming, checking and building the reward sources (tether.rollout.rewards)."""
+        weights = tuple(self.reward_weights) if self.reward_weights is not None else None
+        return RewardSettings(self.reward_model, self.reward_function, tuple(self.rewards or ()), weights,
+                              self.reward_timeout, self.reward_retries, self.forward_batch_size, self.chat_template,
+                              self.precision)
+
+    @property
+    def loss_settings(self) -> LossSettings:
+        """For the algorithm's loss terms (tether.train.algorithms)."""
+        return LossSettings(self.clip_eps, self.clip_eps_high, self.value_clip_eps, self.vf_coef, self.entropy_coef,
+                            self.loss_aggregation)
+
+    @property
+    def sampling_settings(self) -> SamplingSettings:
+        """For generation, in training and in the held-out evaluation (tether.rollout.generation)."""
+        return SamplingSettings(self.max_new_tokens, self.temperature, self.top_k, self.top_p)
+
+    @property
+    def run_settings(self) -> RunSettings:
+        """For the run directory (tether.train.run_dir)."""
+        return RunSettings(self.output_dir, self.run_name, self.algorithm, self.resume, self.overwrite)
 
     @property
     def adaptive_kl_horizon(self) -> int:
@@ -200,8 +249,8 @@ def preflight(config: PPOConfig) -> None:
         raise ConfigError(f"precision=bf16 is not supported on {device}; use precision=fp32")
     models = check_model_fields(config, ("policy", "reference", "reward_model", "critic_model"))
     folders = {name: folder for name, (folder, _) in models.items()}
-    if config_sources(config):  # rewards given from Python: checked by train_ppo
-        check_reward_specs(reward_specs(config))
+    if config_sources(config.reward_settings):  # rewards given from Python: checked by train_ppo
+        check_reward_specs(reward_specs(config.reward_settings))
     if config.gold is not None:
         load_function(config.gold, "gold function")
     if config.rollout_engine == "vllm":

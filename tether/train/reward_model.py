@@ -20,26 +20,20 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal, Sequence
+from typing import Annotated, Callable, ClassVar, Literal, Sequence
 
 import torch
 
 from tether.config import Count, NonNegative, Positive, PositiveInt, Range, Seed, check_ranges
-from tether.data.batching import PreferenceBatch, TokenizedPair, collate_pairs, iterate_batches, tokenize_pairs
-from tether.data.preferences import PreferenceData, load_preferences, split_by_prompt
+from tether.data.batching import PreferenceBatch, TokenizedPair, collate_pairs, iterate_batches
 from tether.errors import ConfigError
-from tether.models.loading import load_tokenizer, resolve_device
-from tether.models.registry import check_model_fields
 from tether.models.scalar_head import ScalarHeadModel, export_reward_model
 from tether.ops.losses import bradley_terry_loss
 from tether.reporting.sinks import SinkOptions
 from tether.utils.precision import autocast
-from tether.train.run_dir import RunDirectory, resume_checkpoint, save_pretrained_atomic, write_atomic
-from tether.train.sft import guarded_step, make_optimizer, report, validate_common
-from tether.utils.checkpoint import Checkpointer
-from tether.utils.host_memory import keep_freed_host_memory
-from tether.utils.seeding import seed_everything
-from tether.utils.signals import GracefulStop
+from tether.train.optim import make_optimizer
+from tether.train.run_dir import RunSettings, save_pretrained_atomic, write_atomic
+from tether.train.supervised import RunStart, SupervisedTask, fit, start_preference_run, validate_common
 from tether.utils.stats import grouped_accuracy_ci
 from tether.train.rm_normalization import fit_normalization, reference_set
 from tether.train.rm_selection import AccuracyVerdict, BestWeights, prompt_batches, ranked_batches
@@ -115,6 +109,10 @@ class RewardModelConfig(SinkOptions):
     keep_checkpoints: PositiveInt = 2  # newest checkpoints kept in <run>/checkpoints
     resume: str | None = None  # "auto": continue <output_dir>/<run_name> from its checkpoint; or a run dir
 
+    @property
+    def run_settings(self) -> RunSettings:
+        return RunSettings(self.output_dir, self.run_name, self.algorithm, self.resume)
+
     def __post_init__(self) -> None:
         super().__post_init__()  # the metric-sink fields
         check_ranges(self)  # each numeric field's declared bounds; validate_common relates fields
@@ -123,112 +121,71 @@ class RewardModelConfig(SinkOptions):
         validate_common(self)
 
 
-@dataclass
-class PreferenceRunStart:
-    """What reward-model training and DPO both begin with."""
-
-    device: torch.device
-    tokenizer: object
-    run: RunDirectory
-    resume_from: dict | None  # the checkpoint state to continue from, or None for a fresh run
-    train_data: PreferenceData
-    train_items: list  # tokenised training pairs
-    eval_items: list  # tokenised held-out pairs ([] without an eval split)
-
-
-def start_preference_run(config) -> PreferenceRunStart:
-    """Seed, load the tokenizer and the data splits, open (or resume) the run directory,
-    tokenise the pairs and print the one-line data summary."""
-    check_model_fields(config, config.model_fields)  # before anything loads or the run directory is made
-    device = resolve_device(config.device)
-    seed_everything(config.seed)
-    keep_freed_host_memory()  # tether/utils/host_memory.py
-    tokenizer = load_tokenizer(config.model)
-    train_data, eval_data = load_preference_splits(config)
-    resume_from = resume_checkpoint(config)
-    run = RunDirectory.create(config, quiet=config.quiet, resume_history=resume_from and resume_from["history"])
-    tokenize = lambda data: tokenize_pairs(  # noqa: E731
-        data.pairs, tokenizer, config.max_length, config.max_prompt_length, config.chat_template)
-    train_items, train_dropped = tokenize(train_data)
-    eval_items, eval_dropped = tokenize(eval_data) if eval_data else ([], 0)
-    train_data.dropped.truncated = train_dropped + eval_dropped
-    report(run, train_data.summary(), train_items)
-    return PreferenceRunStart(device, tokenizer, run, resume_from, train_data, train_items, eval_items)
-
-
-def train_reward_model(config: RewardModelConfig) -> Path:
+def train_reward_model(config: RewardModelConfig, *, callbacks: Sequence[Callable] = ()) -> Path:
     """Train, normalise and save; returns the model folder (``<run>/reward_model``), which
-    loads as ``AutoModelForSequenceClassification`` and plugs into ``tether ppo reward_model=``."""
-    begun = start_preference_run(config)
-    device, tokenizer, run, resume_from = begun.device, begun.tokenizer, begun.run, begun.resume_from
-    train_data, train_items, eval_items = begun.train_data, begun.train_items, begun.eval_items
-    pad_id = tokenizer.pad_token_id
-
+    loads as ``AutoModelForSequenceClassification`` and plugs into ``tether ppo reward_model=``.
+    ``callbacks``: ``fn(step, metrics)`` after each step; returning True ends training there
+    (then the model is judged, normalised and saved as after the last step)."""
+    begun = start_preference_run(config, callbacks, learns_ties=True)
+    device, pad_id, eval_items = begun.device, begun.tokenizer.pad_token_id, begun.eval_items
     model = ScalarHeadModel.from_pretrained(config.model, device, fresh_head=config.fresh_head,
                                             new_head=config.head_init)
     model.set_normalization(1.0, 0.0)  # train on raw scores; gain and bias are refitted below
     if config.trainable_layers is not None:
         model.train_top_layers(config.trainable_layers)
     model.train()
-    steps_per_epoch = len(prompt_batches(train_items, config.batch_size))
+    steps_per_epoch = len(prompt_batches(begun.train_items, config.batch_size))
     total_steps = config.max_steps or steps_per_epoch * config.epochs
     eval_every = max(1, steps_per_epoch // config.evals_per_epoch) if config.evals_per_epoch else config.eval_every
     optimizer, scheduler = make_optimizer(_parameter_groups(model, config), config, total_steps)
     collate = lambda items: collate_pairs(items, pad_id)  # noqa: E731
-
     best = BestWeights()
-    ckpt = Checkpointer(run.path, config.checkpoint_every, config.keep_checkpoints, total_steps,
-                        modules={"model": model}, stateful={"optimizer": optimizer, "scheduler": scheduler})
-    start = ckpt.restore(resume_from)[0] if resume_from else 0
 
-    with run.progress(total_steps - start, "reward model") as progress, GracefulStop("the current step") as stop:
-        for step, batch in enumerate(ranked_batches(train_items, collate, config, total_steps), start=1):
-            if step <= start:
-                continue  # resumed: the batch order is a function of (seed, epoch), so skipping restores it
-            with autocast(device, config.precision):
-                loss, stats = preference_loss(model, batch.to(device), config)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            metrics = {"guard/skipped": 1.0}
-            if guarded_step(optimizer, scheduler, loss, grad_norm, run, step, {"reward model": model}):
-                metrics = {"train/loss": loss.item(), "train/accuracy": stats["accuracy"].item(),
-                           "train/margin": stats["margin"].item(), "train/grad_norm": float(grad_norm),
-                           "train/lr": scheduler.get_last_lr()[0]}
-            if eval_items and (step % eval_every == 0 or step == total_steps):
-                held_out = evaluate_pairs(model, eval_items, pad_id, config)
-                metrics.update({f"eval/{k}": v for k, v in held_out.items()})
-                if config.keep_best:
-                    best.offer(step, held_out["loss"], model)
-            run.log(step, metrics)
-            progress.advance(1, loss=metrics.get("train/loss", float("nan")), acc=metrics.get("train/accuracy", 0.0))
-            if ckpt.end_of_iteration(step, {}, run.history, stop.requested):
-                break
+    def train_step(batch: PreferenceBatch):
+        with autocast(device, config.precision):
+            loss, stats = preference_loss(model, batch.to(device), config)
+        loss.backward()
+        return loss, {"train/accuracy": stats["accuracy"].item(), "train/margin": stats["margin"].item()}
 
-    if stop.requested:
-        run.stopped(stop.requested, ckpt.last_saved, f"tether train-rm --config {run.path / 'config.yaml'} resume={run.path}")
-    if best.step is not None and best.step != total_steps:
+    def evaluate(step: int) -> dict[str, float]:
+        held_out = evaluate_pairs(model, eval_items, pad_id, config)
+        if config.keep_best:
+            best.offer(step, held_out["loss"], model)
+        return {f"eval/{k}": v for k, v in held_out.items()}
+
+    last = fit(SupervisedTask(command="train-rm", progress_name="reward model", role="reward model", model=model,
+                              optimizer=optimizer, scheduler=scheduler, total_steps=total_steps,
+                              batches=ranked_batches(begun.train_items, collate, config, total_steps),
+                              step=train_step, evaluate=evaluate if eval_items else None, eval_every=eval_every,
+                              progress_fields={"loss": "train/loss", "acc": "train/accuracy"}), begun)
+    if best.step is not None and best.step != last:
         best.restore(model)
         print(f"reward model: kept the weights of step {best.step} (lowest held-out loss {best.loss:.4f})",
               file=sys.stderr)
     model.eval()
-    if eval_items:
-        verdict = judge_accuracy(model, eval_items, pad_id, config, best.step or total_steps)
+    return _finish(model, begun, best.step or last, last)
+
+
+def _finish(model: ScalarHeadModel, begun: RunStart, kept_step: int, last_step: int) -> Path:
+    """Judge the kept weights on the held-out pairs, normalise the scores, export and save."""
+    config, run, tokenizer = begun.config, begun.run, begun.tokenizer
+    if begun.eval_items:
+        verdict = judge_accuracy(model, begun.eval_items, tokenizer.pad_token_id, config, kept_step)
         write_atomic(run.path / "rm_verdict.json", json.dumps(verdict.to_json(), indent=2) + "\n")
-        run.logger.log(total_steps, {"eval/final_accuracy": verdict.accuracy, "eval/accuracy_ci_low": verdict.ci95[0],
-                                     "eval/accuracy_ci_high": verdict.ci95[1],
-                                     "eval/rm_learned": float(verdict.learned)})
+        run.logger.log(last_step, {"eval/final_accuracy": verdict.accuracy, "eval/accuracy_ci_low": verdict.ci95[0],
+                                   "eval/accuracy_ci_high": verdict.ci95[1],
+                                   "eval/rm_learned": float(verdict.learned)})
         if not verdict.learned:
             run.warn(verdict.describe())
         elif not config.quiet:
             print(verdict.describe(), file=sys.stderr)
     if config.normalize != "none":
-        prompts, responses, truncated = reference_set(config, train_data, tokenizer, device)
+        prompts, responses, truncated = reference_set(config, begun.train_data, tokenizer, begun.device)
         gain, bias = fit_normalization(model, tokenizer, prompts, responses, config.batch_size * 2,
                                        config.chat_template, config.max_length, truncated)
         model.set_normalization(gain, bias)
         model.config.tether_normalization = {"reference": config.normalize, "samples": len(responses)}
-        run.logger.log(total_steps, {"normalize/gain": gain, "normalize/bias": bias})
+        run.logger.log(last_step, {"normalize/gain": gain, "normalize/bias": bias})
     export_reward_model(model, tokenizer)  # plain transformers then scores as tether does
     save_pretrained_atomic(model, run.path / "reward_model", tokenizer)
     run.close()
@@ -249,11 +206,12 @@ def _parameter_groups(model: ScalarHeadModel, config: RewardModelConfig) -> list
 
 
 def preference_loss(model: ScalarHeadModel, batch: PreferenceBatch, config: RewardModelConfig):
-    """Bradley-Terry loss of one batch; chosen and rejected scored in one forward pass."""
+    """Bradley-Terry loss of one batch (tied pairs pulled to equal scores); chosen and rejected
+    scored in one forward pass."""
     chosen, rejected = pair_scores(model, batch)
     margin = batch.margin if config.use_margin else None
     weights = batch.weight if config.ranking_weighting == "per-prompt" else None
-    return bradley_terry_loss(chosen, rejected, margin, weights)
+    return bradley_terry_loss(chosen, rejected, margin, weights, batch.tie)
 
 
 def pair_scores(model: ScalarHeadModel, batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -298,15 +256,3 @@ def evaluate_pairs(model: ScalarHeadModel, items: Sequence[TokenizedPair], pad_i
     weight = torch.tensor([it.weight for it in items]) if config.ranking_weighting == "per-prompt" else None
     loss, stats = bradley_terry_loss(chosen, rejected, margin, weight)
     return {"loss": loss.item(), "accuracy": stats["accuracy"].item(), "margin": stats["margin"].item()}
-
-
-def load_preference_splits(config: RewardModelConfig) -> tuple[PreferenceData, PreferenceData | None]:
-    data = load_preferences(config.data, config.split, config.skip_bad_rows)
-    if config.eval_data:
-        return data, load_preferences(config.eval_data, config.eval_split, config.skip_bad_rows)
-    if config.eval_fraction <= 0 or len({p.group for p in data.pairs}) < 2:
-        return data, None
-    return split_by_prompt(data, config.eval_fraction, config.seed)
-
-
-# ----- normalisation --------------------------------------------------------------------------

@@ -193,17 +193,19 @@ def _micro_step(roles, mb: TrainBatch, algorithm: AlgorithmSpec, config, kl_coef
     the policy's forward is skipped, with a shared one the other terms are weighed 0 (the
     backbone learns values only)."""
     inputs = build_inputs(mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
-    logprobs = None
+    logprobs = entropy = None
+    settings = config.loss_settings
     with autocast(device, config.precision):
         if critic_only and roles.critic is not None:
             values = roles.critic_values(inputs, mb.response_ids.shape[1])
         else:
-            out = roles.policy_outputs(inputs, mb.response_ids, config.temperature)
-            logprobs, values = out.logprobs, out.values
+            out = roles.policy_outputs(inputs, mb.response_ids, config.temperature,
+                                       with_entropy=settings.entropy_coef > 0)  # the entropy bonus's H, with grad
+            logprobs, values, entropy = out.logprobs, out.values, out.entropy
             if roles.critic is not None:
                 values = roles.critic_values(inputs, mb.response_ids.shape[1])
-    x = LossInputs(mb, logprobs, values.float() if values is not None else None, algorithm, config, kl_coef,
-                   kl_in_loss, n_tokens, n_seqs)
+    x = LossInputs(mb, logprobs, values.float() if values is not None else None, algorithm, settings, kl_coef,
+                   kl_in_loss, n_tokens, n_seqs, entropy)
     loss = None
     for term in algorithm.loss_terms:
         part = term(x)

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from tether.data.batching import tokenize_pairs
-from tether.data.preferences import load_preferences
+from tether.data.preferences import load_preferences, without_ties
 from tether.data.templates import ChatTemplateMode
 from tether.errors import TetherError
 from tether.models.loading import load_tokenizer, resolve_device
@@ -34,7 +34,7 @@ def evaluate_reward_model(model_dir: str | Path, data: str | Path, split: str | 
     tokenizer = load_tokenizer(model_dir)
     model = ScalarHeadModel.from_pretrained(model_dir, resolve_device(device))
     model.eval()
-    prefs = load_preferences(data, split, skip_bad_rows)
+    prefs = without_ties(load_preferences(data, split, skip_bad_rows))  # accuracy is over preferences
     items, truncated = tokenize_pairs(prefs.pairs, tokenizer, max_length, None, chat_template)
     if not items:
         raise TetherError(f"{prefs.source}: no pairs left after truncation to max_length={max_length}")
@@ -45,7 +45,8 @@ def evaluate_reward_model(model_dir: str | Path, data: str | Path, split: str | 
     metrics = {"pairs": float(len(items)), "accuracy": stats["accuracy"].item(),
                "margin": stats["margin"].item() * model.gain, "raw_margin": stats["margin"].item(),
                "loss": loss.item(), "ece": ece,
-               "dropped": float(prefs.dropped.bad_rows + prefs.dropped.duplicates + prefs.dropped.identical + truncated)}
+               "dropped": float(prefs.dropped.bad_rows + prefs.dropped.duplicates + prefs.dropped.identical
+                                + prefs.dropped.ties + truncated)}
     return RewardEvaluation(chosen, rejected, raw_gap, metrics, table)
 
 

@@ -10,6 +10,7 @@ from typing import Sequence
 import torch
 
 from tether.data.batching import TokenizedPair
+from tether.train.supervised import over_epochs
 
 
 def prompt_batches(items: Sequence[TokenizedPair], batch_size: int, seed: int | None = None) -> list[list[int]]:
@@ -32,14 +33,10 @@ def ranked_batches(items: Sequence[TokenizedPair], collate, config, total_steps:
     """Batches of whole prompts (``prompt_batches``), in a new order each epoch, until
     ``total_steps`` batches were given. The order is a function of (seed, epoch): a resumed run
     skips to where it stopped."""
-    given, epoch = 0, 0
-    while given < total_steps:
-        for batch in prompt_batches(items, config.batch_size, config.seed + epoch):
-            yield collate([items[i] for i in batch])
-            given += 1
-            if given == total_steps:
-                return
-        epoch += 1
+    def one_epoch(epoch: int):
+        return (collate([items[i] for i in batch]) for batch in prompt_batches(items, config.batch_size, config.seed + epoch))
+
+    return over_epochs(one_epoch, total_steps)
 
 
 class BestWeights:

@@ -18,7 +18,7 @@ from tether.models.forward import PolicyOutputs, SequenceInputs, policy_forward
 from tether.models.loading import freeze, load_causal_lm, load_tokenizer
 from tether.models.lora import adapters_disabled, apply_lora, on_device
 from tether.models.scalar_head import ScalarHeadModel, ValueHead
-from tether.rollout.rewards import RewardSource, RewardSpec, build_reward, reward_specs
+from tether.rollout.rewards import RewardSettings, RewardSource, RewardSpec, build_reward, reward_specs
 
 
 @dataclass
@@ -100,37 +100,58 @@ class CriticValues(torch.nn.Module):
         return self.critic.response_values(inputs, response_width)
 
 
-def build_roles(config, device: torch.device, uses_critic: bool, rewards: list[RewardSpec] | None = None) -> Roles:
+@dataclass(frozen=True)
+class ModelSettings:
+    """The model section of an online run's config (``PPOConfig.model_settings``): which models
+    play the roles, and how they are held in memory."""
+
+    policy: str  # causal LM: folder, .gguf file, alias or Hub id
+    reference: str | None  # None: the policy's starting weights
+    critic: str  # "separate" (a model of its own) or "shared" (a head on the policy)
+    critic_model: str | None  # a separate critic's init; None: the reward model, else the policy
+    reward_model: str | None  # the critic's default init
+    precision: str  # dtype the frozen models are held in
+    lora_r: int  # LoRA rank of the policy's adapters; 0: full fine-tune
+    lora_alpha: float
+    lora_dropout: float
+    lora_target_modules: tuple[str, ...] | None  # None: every linear layer but the LM head
+    gradient_checkpointing: bool  # recompute activations in backward (policy and critic)
+    offload_frozen: bool  # reference and reward model on the CPU between forwards (GPU only)
+
+
+def build_roles(models: ModelSettings, reward: RewardSettings, device: torch.device, uses_critic: bool,
+                rewards: list[RewardSpec] | None = None) -> Roles:
     """The four roles; ``rewards``: the run's reward sources (tether.rollout.rewards.reward_specs),
-    by default the config's."""
-    tokenizer = load_tokenizer(config.policy)
-    policy = load_causal_lm(config.policy, device)
-    offload = bool(getattr(config, "offload_frozen", False)) and device.type != "cpu"
+    by default the reward section's."""
+    tokenizer = load_tokenizer(models.policy)
+    policy = load_causal_lm(models.policy, device)
+    offload = models.offload_frozen and device.type != "cpu"
     frozen_device = torch.device("cpu") if offload else device
-    if getattr(config, "lora_r", 0):
+    if models.lora_r:
         # π_ref is this same model with its adapters disabled: no second copy in memory.
-        policy = apply_lora(policy, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
+        policy = apply_lora(policy, models.lora_r, models.lora_alpha, models.lora_dropout, models.lora_target_modules)
         reference = policy
     else:
-        reference = freeze(load_causal_lm(config.reference or config.policy, frozen_device), config.precision)
-    if getattr(config, "gradient_checkpointing", False):
+        reference = freeze(load_causal_lm(models.reference or models.policy, frozen_device), models.precision)
+    if models.gradient_checkpointing:
         _checkpoint_activations(policy)
     policy.train()
 
     critic = value_head = None
-    if uses_critic and config.critic == "shared":
+    if uses_critic and models.critic == "shared":
         value_head = ValueHead(policy.config.hidden_size).to(device)
     elif uses_critic:
-        init = config.critic_model or config.reward_model or config.policy
+        init = models.critic_model or models.reward_model or models.policy
         # From a reward model the trained head is kept (its scores are a good first value
         # estimate; Ouyang et al. 2022); from a plain LM the head is new.
-        critic = ScalarHeadModel.from_pretrained(init, device, fresh_head=init == config.policy)
-        if getattr(config, "gradient_checkpointing", False):
+        critic = ScalarHeadModel.from_pretrained(init, device, fresh_head=init == models.policy)
+        if models.gradient_checkpointing:
             _checkpoint_activations(critic.hf_model)
         critic.train()
 
-    reward = build_reward(rewards if rewards is not None else reward_specs(config), config, tokenizer, frozen_device)
-    return Roles(policy, reference, critic, value_head, reward, tokenizer, device=device, offload_frozen=offload)
+    specs = rewards if rewards is not None else reward_specs(reward)
+    built_reward = build_reward(specs, reward, tokenizer, frozen_device)
+    return Roles(policy, reference, critic, value_head, built_reward, tokenizer, device=device, offload_frozen=offload)
 
 
 def _checkpoint_activations(model: torch.nn.Module) -> None:

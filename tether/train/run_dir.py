@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import shutil
 import signal
@@ -22,7 +21,8 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn
+from dataclasses import dataclass
+from typing import NoReturn, Protocol
 
 import torch
 import yaml
@@ -30,30 +30,6 @@ import yaml
 from tether.errors import RunStopped, TetherError
 from tether.reporting.sinks import NullLogger, RunLogger, _jsonable
 from tether.utils.checkpoint import assert_finite, find_latest, read_checkpoint
-
-
-def make_adamw(params, device: torch.device, **kwargs) -> torch.optim.AdamW:
-    """AdamW with the fused kernel where torch has one (CUDA, CPU): the default on CPU is the
-    one-tensor-at-a-time loop, ~8% of a SmolLM2 PPO iteration (benchmarks/NOTES.md)."""
-    fused = device.type in ("cuda", "cpu")
-    return torch.optim.AdamW(params, fused=fused, **kwargs)
-
-
-def make_scheduler(optimizer, schedule: str, warmup_steps: int, total_steps: int):
-    """Linear warm-up, then constant, linear decay to 0, or cosine decay to 0."""
-    total_steps = max(total_steps, 1)
-
-    def factor(step: int) -> float:
-        if warmup_steps and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
-        if schedule == "linear":
-            return 1.0 - progress
-        if schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        return 1.0
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 @torch.no_grad()
@@ -121,24 +97,45 @@ def save_pretrained_atomic(model, path: Path, tokenizer=None, state_dict: dict |
     os.replace(tmp, path)
 
 
-def run_path(config) -> Path:
+@dataclass(frozen=True)
+class RunSettings:
+    """The run-directory section of every training config (its ``run_settings``): where the run
+    lives, and what happens to a run already there."""
+
+    output_dir: str
+    run_name: str | None  # None: <prefix>-<timestamp>
+    prefix: str  # the command's run-name prefix: sft, rm, dpo, ppo, grpo, ...
+    resume: str | None = None  # "auto": continue <output_dir>/<run_name>; or a run directory
+    overwrite: bool = False  # replace a run of the same name (the commands without the field never do)
+
+
+class RunConfig(Protocol):
+    """A config a run directory writes: a dataclass with the metric-sink fields and its run section."""
+
+    metric_sinks: list[str] | None
+
+    @property
+    def run_settings(self) -> RunSettings: ...
+
+
+def run_path(run: RunSettings) -> Path:
     """``<output_dir>/<run_name>``, or the run being resumed when ``resume`` names a folder."""
-    resume = getattr(config, "resume", None)
-    if resume not in (None, "auto"):
-        return Path(resume)
-    name = config.run_name or f"{getattr(config, 'algorithm', 'run')}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return Path(config.output_dir) / name
+    if run.resume not in (None, "auto"):
+        return Path(run.resume)
+    name = run.run_name or f"{run.prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return Path(run.output_dir) / name
 
 
-def resume_checkpoint(config) -> dict | None:
+def resume_checkpoint(config: RunConfig) -> dict | None:
     """The state to continue from: ``resume: auto`` takes the run's newest complete checkpoint
     when there is one (else starts afresh), ``resume: RUN_DIR`` requires one."""
-    if config.resume is None:
+    run = config.run_settings
+    if run.resume is None:
         return None
-    path = run_path(config)
+    path = run_path(run)
     latest = find_latest(path)
     if latest is None:
-        if config.resume == "auto":
+        if run.resume == "auto":
             return None
         raise TetherError(f"{path} has no complete checkpoint to resume from; start it again without resume "
                           "(set checkpoint_every to checkpoint during a run)")
@@ -171,12 +168,14 @@ class RunDirectory:
         self.doctor = LiveDoctor()
 
     @classmethod
-    def create(cls, config, quiet: bool = False, resume_history: list | None = None, write: bool = True) -> "RunDirectory":
+    def create(cls, config: RunConfig, quiet: bool = False, resume_history: list | None = None,
+               write: bool = True) -> "RunDirectory":
         """A new run directory; with ``resume_history`` (from a checkpoint) the existing one,
         its metrics.jsonl rewritten from that history and samples.jsonl cut at the same
         iteration, so that no iteration is logged twice. ``write=False`` (ranks other than 0
         under torchrun): the same object, keeping the history, but no file is touched."""
-        path = run_path(config)
+        settings = config.run_settings
+        path = run_path(settings)
         if not write:
             run = cls(path, NullLogger(), quiet=True)
             run.silent = True
@@ -188,7 +187,7 @@ class RunDirectory:
             write_atomic(path / "metrics.jsonl", "".join(
                 json.dumps({k: _jsonable(v) for k, v in {"iteration": it, **m}.items()}, ensure_ascii=False) + "\n" for it, m in resume_history))
         elif (path / "metrics.jsonl").exists():
-            if not getattr(config, "overwrite", False) and getattr(config, "resume", None) == "auto":
+            if not settings.overwrite and settings.resume == "auto":
                 finished = next((name for name in FINAL_MODELS if (path / name).exists()), None)
                 if finished is not None:  # finished with checkpoint_every=0: a restart would replace its model
                     raise TetherError(f"run directory {path} holds a finished run ({finished}/) and no checkpoint "
@@ -196,7 +195,7 @@ class RunDirectory:
                 # stopped (a crash, kill -9) before its first checkpoint: nothing to lose by restarting
                 print(f"note: {path} holds a run that stopped before its first checkpoint; "
                       "starting it again from the beginning", file=sys.stderr)
-            elif not getattr(config, "overwrite", False):
+            elif not settings.overwrite:
                 raise TetherError(
                     f"run directory {path} already holds a run; choose another run_name, pass overwrite=true "
                     f"to replace it, or resume=auto to continue it from its last checkpoint"
@@ -207,7 +206,7 @@ class RunDirectory:
         path.mkdir(parents=True, exist_ok=True)
         write_atomic(path / "config.yaml", yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
         extra = []
-        if getattr(config, "metric_sinks", None):
+        if config.metric_sinks:
             from tether.reporting.sinks import make_sinks
 
             extra = make_sinks(config.metric_sinks, path, dataclasses.asdict(config))
@@ -264,7 +263,7 @@ class RunDirectory:
         number = signal.Signals.__members__.get(signal_name)  # None: a doctor finding, another rank's signal
         raise RunStopped(message, self.path, 128 + number if number is not None else 1)
 
-    def save_final(self, roles, config, full_states: dict | None = None) -> None:
+    def save_final(self, roles, save_critic: bool, full_states: dict | None = None) -> None:
         """Final models. A LoRA policy: adapters to ``policy_adapter/`` (PEFT format), then merged
         into the base weights and saved to ``policy/`` like any other (the merge is in place).
         ``full_states`` (FSDP2): role name -> gathered full state dict, written instead of the
@@ -275,7 +274,7 @@ class RunDirectory:
         adapter_dir = self.path / "policy_adapter" if is_lora(roles.policy) else None
         save_pretrained_atomic(merged_for_saving(roles.policy, adapter_dir), self.path / "policy", roles.tokenizer,
                                states.get("policy"))
-        if getattr(config, "save_critic", False):
+        if save_critic:
             if roles.critic is not None:
                 save_pretrained_atomic(roles.critic, self.path / "critic", state_dict=states.get("critic"))
             elif roles.value_head is not None:

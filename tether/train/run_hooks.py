@@ -6,6 +6,8 @@ A callback is ``callback(iteration: int, metrics: dict[str, float]) -> bool | No
 every rank after each iteration's metrics are logged (with eval/* on evaluation iterations).
 Returning True stops the run cleanly: the loop ends after that iteration and the policy is
 saved as the final one, as at the last iteration (a SIGINT, by contrast, leaves a checkpoint).
+The supervised commands (SFT, reward model, DPO) call the same callbacks after each step
+(tether.train.supervised).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from tether.rollout.rewards import RewardSpec, check_reward_specs, reward_specs
+from tether.rollout.rewards import RewardSettings, RewardSpec, check_reward_specs, reward_specs
 
 Callback = Callable[[int, dict], Any]
 
@@ -27,24 +29,18 @@ class RunHooks:
     stopped_at: int | None = field(default=None, init=False)  # the iteration a callback stopped the run after
 
     @classmethod
-    def create(cls, config, reward: Any = None, callbacks: Sequence[Callback] = ()) -> "RunHooks":
+    def create(cls, settings: RewardSettings, sample_table_every: int, reward: Any = None,
+               callbacks: Sequence[Callback] = ()) -> "RunHooks":
         """The config's reward sources, or ``reward`` (callables, source strings, a list or a
         dict name -> source) when given; checked before any model loads."""
-        specs = reward_specs(config, reward)
+        specs = reward_specs(settings, reward)
         if reward is not None:
             check_reward_specs(specs)  # the config's own sources are checked by preflight
-        for callback in callbacks:
-            if not callable(callback):
-                from tether.errors import ConfigError
-
-                raise ConfigError(f"callbacks must be callables fn(iteration, metrics); got {type(callback).__name__}")
-        return cls(specs, tuple(callbacks), getattr(config, "sample_table_every", 0))
+        return cls(specs, checked_callbacks(callbacks), sample_table_every)
 
     def after_iteration(self, iteration: int, metrics: dict[str, float], dist) -> bool:
         """Run the callbacks; True when one of them (on any rank) asks to stop."""
-        wants_stop = False
-        for callback in self.callbacks:
-            wants_stop = bool(callback(iteration, dict(metrics))) or wants_stop
+        wants_stop = callbacks_ask_to_stop(self.callbacks, iteration, metrics)
         stop = dist.any_true(wants_stop) if self.callbacks else False
         if stop:
             self.stopped_at = iteration
@@ -61,6 +57,25 @@ class RunHooks:
             from tether.reporting.sample_table import sample_table
 
             progress.show(sample_table(iteration, rows))
+
+
+def checked_callbacks(callbacks: Sequence[Callback]) -> tuple[Callback, ...]:
+    """The callbacks, each checked to be callable before any model loads."""
+    for callback in callbacks:
+        if not callable(callback):
+            from tether.errors import ConfigError
+
+            raise ConfigError(f"callbacks must be callables fn(iteration, metrics); got {type(callback).__name__}")
+    return tuple(callbacks)
+
+
+def callbacks_ask_to_stop(callbacks: Sequence[Callback], iteration: int, metrics: dict[str, float]) -> bool:
+    """Run every callback on a copy of the row (all run, even after one asks to stop); True
+    when one of them returns True."""
+    wants_stop = False
+    for callback in callbacks:
+        wants_stop = bool(callback(iteration, dict(metrics))) or wants_stop
+    return wants_stop
 
 
 def reward_components(reward) -> dict:

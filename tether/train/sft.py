@@ -6,17 +6,16 @@ batch's completion tokens: the prompt is context, not something to imitate (as I
 SFT and TRL's ``completion_only_loss``). The response log-probs come from the same
 ``policy_forward`` PPO uses, so SFT and RL see identical tokenisation and positions.
 
-The small helpers at the bottom (step planning, optimiser, batches over epochs, data
-summary) are shared with ``tether train-rm``.
+The loop, the run start and the optimiser are the supervised trainer's
+(tether.train.supervised, tether.train.optim); this file gives it the step and the evaluation.
 """
 
 from __future__ import annotations
 
 import random
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Callable, ClassVar, Iterator, Literal, Sequence
+from typing import Annotated, Callable, ClassVar, Literal, Sequence
 
 import torch
 
@@ -24,19 +23,15 @@ from tether.config import Count, NonNegative, Positive, PositiveInt, Range, Seed
 from tether.data.batching import PromptResponseBatch, collate_examples, iterate_batches, tokenize_demonstrations
 from tether.data.preferences import DropCounts
 from tether.data.sft import DemonstrationData, load_demonstrations
-from tether.errors import ConfigError, DataError
+from tether.errors import ConfigError
 from tether.models.forward import policy_forward
-from tether.models.loading import load_causal_lm, load_tokenizer, resolve_device
-from tether.models.registry import check_model_fields
+from tether.models.loading import load_causal_lm
 from tether.ops.masking import masked_mean
 from tether.reporting.sinks import SinkOptions
+from tether.train.optim import make_optimizer
+from tether.train.run_dir import RunSettings, save_pretrained_atomic
+from tether.train.supervised import SupervisedTask, epoch_batches, fit, planned_steps, start_run, validate_common
 from tether.utils.precision import autocast
-from tether.train.run_dir import (RunDirectory, make_scheduler, nonfinite_weights_error, resume_checkpoint,
-                                  save_pretrained_atomic, weights_finite)
-from tether.utils.checkpoint import Checkpointer
-from tether.utils.host_memory import keep_freed_host_memory
-from tether.utils.seeding import seed_everything
-from tether.utils.signals import GracefulStop
 
 
 @dataclass(frozen=True)
@@ -76,6 +71,10 @@ class SFTConfig(SinkOptions):
     keep_checkpoints: PositiveInt = 2  # newest checkpoints kept in <run>/checkpoints
     resume: str | None = None  # "auto": continue <output_dir>/<run_name> from its checkpoint; or a run dir
 
+    @property
+    def run_settings(self) -> RunSettings:
+        return RunSettings(self.output_dir, self.run_name, self.algorithm, self.resume)
+
     def __post_init__(self) -> None:
         super().__post_init__()  # the metric-sink fields
         check_ranges(self)  # each numeric field's declared bounds; validate_common relates fields
@@ -84,64 +83,41 @@ class SFTConfig(SinkOptions):
         validate_common(self)
 
 
-def train_sft(config: SFTConfig) -> Path:
+def train_sft(config: SFTConfig, *, callbacks: Sequence[Callable] = ()) -> Path:
     """Fine-tune ``config.model`` on the demonstrations; returns the saved model folder
     (``<run>/policy``, loadable with ``AutoModelForCausalLM`` and ``tether ppo policy=...``).
-    Stopped by SIGINT/SIGTERM, it checkpoints and raises RunStopped (no model is written)."""
-    check_model_fields(config, config.model_fields)
-    device = resolve_device(config.device)
-    seed_everything(config.seed)
-    keep_freed_host_memory()  # tether/utils/host_memory.py
-    tokenizer = load_tokenizer(config.model)
-    pad_id = tokenizer.pad_token_id
+    ``callbacks``: ``fn(step, metrics)`` after each step; returning True ends the run there with
+    its model saved. Stopped by SIGINT/SIGTERM, it checkpoints and raises RunStopped (no model
+    is written)."""
+    def tokenize(data: DemonstrationData, tokenizer):
+        return tokenize_demonstrations(data.examples, tokenizer, config.max_length, config.max_prompt_length,
+                                       config.chat_template)
 
-    train_data, eval_data = load_demonstration_splits(config)
-    resume_from = resume_checkpoint(config)
-    run = RunDirectory.create(config, quiet=config.quiet, resume_history=resume_from and resume_from["history"])
-    tokenize = lambda data: tokenize_demonstrations(  # noqa: E731
-        data.examples, tokenizer, config.max_length, config.max_prompt_length, config.chat_template)
-    train_items, train_dropped = tokenize(train_data)
-    eval_items, eval_dropped = tokenize(eval_data) if eval_data else ([], 0)
-    train_data.dropped.truncated = train_dropped + eval_dropped
-    report(run, train_data.summary(), train_items)
-
+    begun = start_run(config, load_demonstration_splits, tokenize, callbacks)
+    device, pad_id, eval_items = begun.device, begun.tokenizer.pad_token_id, begun.eval_items
     model = load_causal_lm(config.model, device)
     model.train()
-    total_steps = planned_steps(len(train_items), config)
+    total_steps = planned_steps(len(begun.train_items), config)
     optimizer, scheduler = make_optimizer(model.parameters(), config, total_steps)
     collate = lambda items: collate_examples(items, pad_id)  # noqa: E731
 
-    ckpt = Checkpointer(run.path, config.checkpoint_every, config.keep_checkpoints, total_steps,
-                        modules={"model": model}, stateful={"optimizer": optimizer, "scheduler": scheduler})
-    start = ckpt.restore(resume_from)[0] if resume_from else 0
+    def train_step(batch: PromptResponseBatch):
+        with autocast(device, config.precision):
+            loss = completion_nll(model, batch.to(device))
+        loss.backward()
+        return loss, {}
 
-    with run.progress(total_steps - start, "sft") as progress, GracefulStop("the current step") as stop:
-        for step, batch in enumerate(epoch_batches(train_items, collate, config, total_steps), start=1):
-            if step <= start:
-                continue  # resumed: the batch order is a function of (seed, epoch), so skipping restores it
-            with autocast(device, config.precision):
-                loss = completion_nll(model, batch.to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            if guarded_step(optimizer, scheduler, loss, grad_norm, run, step, {"model": model}):
-                metrics = {"train/loss": loss.item(), "train/grad_norm": float(grad_norm),
-                           "train/lr": scheduler.get_last_lr()[0]}
-            else:
-                metrics = {"guard/skipped": 1.0}
-            if eval_items and (step % config.eval_every == 0 or step == total_steps):
-                metrics["eval/loss"] = evaluate_nll(model, eval_items, collate, config.batch_size, device, config.precision)
-            run.log(step, metrics)
-            progress.advance(1, loss=metrics.get("train/loss", float("nan")))
-            if ckpt.end_of_iteration(step, {}, run.history, stop.requested):
-                break
+    def evaluate(step: int) -> dict[str, float]:
+        return {"eval/loss": evaluate_nll(model, eval_items, collate, config.batch_size, device, config.precision)}
 
-    if stop.requested:
-        run.stopped(stop.requested, ckpt.last_saved, f"tether sft --config {run.path / 'config.yaml'} resume={run.path}")
+    fit(SupervisedTask(command="sft", role="model", model=model, optimizer=optimizer, scheduler=scheduler,
+                       total_steps=total_steps, batches=epoch_batches(begun.train_items, collate, config, total_steps),
+                       step=train_step, evaluate=evaluate if eval_items else None, eval_every=config.eval_every),
+        begun)
     model.eval()
-    save_pretrained_atomic(model, run.path / "policy", tokenizer)
-    run.close()
-    return run.path / "policy"
+    save_pretrained_atomic(model, begun.run.path / "policy", begun.tokenizer)
+    begun.run.close()
+    return begun.run.path / "policy"
 
 
 def completion_nll(model, batch: PromptResponseBatch) -> torch.Tensor:
@@ -179,66 +155,3 @@ def load_demonstration_splits(config: SFTConfig) -> tuple[DemonstrationData, Dem
     evals = [e for i, e in enumerate(data.examples) if i in held]
     return (DemonstrationData(train, data.source, data.num_rows, data.dropped),
             DemonstrationData(evals, f"{data.source} (held out)", 0, DropCounts()))
-
-
-# ----- shared with tether train-rm ------------------------------------------------------------
-
-
-def validate_common(config) -> None:
-    """Cross-field checks every supervised config (SFT, reward model, DPO) shares; each field's
-    own bounds are declared on it (``check_ranges``)."""
-    if config.max_prompt_length is not None and not config.max_prompt_length < config.max_length:
-        raise ConfigError(
-            f'field "max_prompt_length" must be below max_length = {config.max_length}, '
-            f"got {config.max_prompt_length}: the response needs room")
-    if config.resume == "auto" and not config.run_name:
-        raise ConfigError("resume: auto needs a run_name (the run directory to continue)")
-
-
-def guarded_step(optimizer, scheduler, loss, grad_norm, run: RunDirectory, step: int,
-                 modules: dict | None = None) -> bool:
-    """Apply the step unless the loss or gradient is NaN/inf (then skip it and warn); stop
-    with one line if the step itself made a weight NaN/inf (``modules``, role -> module:
-    where to look for its name)."""
-    if torch.isfinite(loss) and torch.isfinite(grad_norm):
-        optimizer.step()
-        # Finite gradients can still give non-finite weights (an overflowing update); without
-        # this check every later loss is NaN and every step skipped until the final save
-        # refuses. One fused check per step.
-        if not weights_finite([p for group in optimizer.param_groups for p in group["params"]]):
-            raise nonfinite_weights_error(modules or {}, step)
-        scheduler.step()
-        return True
-    optimizer.zero_grad(set_to_none=True)
-    run.warn(f"step {step}: non-finite {'loss' if not torch.isfinite(loss) else 'gradient'}; step skipped")
-    return False
-
-
-def planned_steps(num_items: int, config) -> int:
-    per_epoch = -(-num_items // config.batch_size)
-    return config.max_steps if config.max_steps is not None else per_epoch * config.epochs
-
-
-def make_optimizer(params, config, total_steps: int):
-    optimizer = torch.optim.AdamW(list(params), lr=config.learning_rate, weight_decay=config.weight_decay)
-    return optimizer, make_scheduler(optimizer, config.lr_schedule, config.warmup_steps, total_steps)
-
-
-def epoch_batches(items: Sequence, collate: Callable, config, total_steps: int) -> Iterator:
-    """Shuffled batches, a new order each epoch, until ``total_steps`` batches were given."""
-    given, epoch = 0, 0
-    while given < total_steps:
-        for batch in iterate_batches(items, config.batch_size, collate, shuffle=True, seed=config.seed + epoch):
-            yield batch
-            given += 1
-            if given == total_steps:
-                return
-        epoch += 1
-
-
-def report(run: RunDirectory, summary: str, train_items: Sequence) -> None:
-    """The data summary, once: to stderr and to ``<run>/data_summary.txt``."""
-    if not train_items:
-        raise DataError(f"no training examples left after truncation: {summary}")
-    (run.path / "data_summary.txt").write_text(summary + "\n", encoding="utf-8")
-    print(f"data: {summary}", file=sys.stderr)  # even when quiet: drops are what a CI log is read for
