@@ -17,7 +17,7 @@ from tether.config import load_config
 from tether.data.sequences import build_inputs, prompt_groups
 from tether.models.forward import policy_forward
 from tether.models.loading import load_causal_lm
-from tests.test_shared_prefix import assert_same_forward
+from tests.test_shared_prefix import _EmbeddingShapes, assert_same_forward
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -74,17 +74,6 @@ def _groups(vocab: int, adjacent: bool = True):
     response_mask[5, 1:] = 0
     response_mask[7, 3:] = 0
     return prompt_ids, prompt_mask, response_ids, response_mask
-
-
-class _EmbeddingShapes:
-    """Records the (rows, columns) of every batch the model embeds."""
-
-    def __init__(self, model):
-        self.shapes = []
-        model.get_input_embeddings().register_forward_hook(self._record)
-
-    def _record(self, module, args, output):
-        self.shapes.append(tuple(args[0].shape))
 
 
 @pytest.mark.parametrize("adjacent", [True, False], ids=["adjacent", "interleaved"])

@@ -63,11 +63,7 @@ def _prefix_then_rest(decoder: torch.nn.Module, inputs: SequenceInputs, start: i
                      position_ids=inputs.position_ids[prefix_rows, :width], use_cache=True)
     cache_name = _cache_argument(decoder)
     cache = prefix[cache_name]
-    repeats = _equal_runs(of_row, len(prefix_rows))
-    if repeats:  # (the common case: G consecutive rows per prompt) backward is a reshape and a sum
-        cache.batch_repeat_interleave(repeats)
-    else:
-        cache.batch_select_indices(of_row)
+    repeats = _lend_cache(cache, of_row, len(prefix_rows))
     rest = decoder(
         input_ids=inputs.input_ids[:, width:],
         attention_mask=inputs.attention_mask,  # (B, L): prefix and rest, as the cache sees them
@@ -99,12 +95,20 @@ def prefilled_prompts(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_m
     out = decoder(input_ids=prompt_ids[groups.first_rows, :width], attention_mask=mask,
                   position_ids=(mask.cumsum(1) - 1).clamp(min=0), use_cache=True)
     cache = out[_cache_argument(decoder)]
-    repeats = _equal_runs(groups.of_row, len(groups.first_rows))
+    _lend_cache(cache, groups.of_row, len(groups.first_rows))
+    return {_cache_argument(model): cache}
+
+
+def _lend_cache(cache, of_row: torch.Tensor, distinct: int) -> int:
+    """Gather a cache of ``distinct`` prefixes to the rows (row i gets prefix ``of_row[i]``), in
+    place; returns G when each prefix went to G consecutive rows (then a repeat-interleave, whose
+    backward is a reshape and a sum), else 0 (an index select)."""
+    repeats = _equal_runs(of_row, distinct)
     if repeats:
         cache.batch_repeat_interleave(repeats)
     else:
-        cache.batch_select_indices(groups.of_row)
-    return {_cache_argument(model): cache}
+        cache.batch_select_indices(of_row)
+    return repeats
 
 
 def _equal_runs(of_row: torch.Tensor, distinct: int) -> int:

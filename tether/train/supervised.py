@@ -81,7 +81,8 @@ def start_preference_run(config, callbacks: Sequence[Callback] = (), learns_ties
 
     def load_splits(config) -> tuple[PreferenceData, PreferenceData | None]:
         train, held_out = load_preference_splits(config)
-        held_out = held_out if held_out is None or any(not p.tie for p in held_out.pairs) else None
+        if held_out is not None and all(p.tie for p in held_out.pairs):
+            held_out = None  # nothing to judge
         return (train if learns_ties else without_ties(train)), held_out and without_ties(held_out)
 
     return start_run(config, load_splits, tokenize, callbacks)
