@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 import tether
 from tether.cli import main
-from tether.config import Range, check_ranges, load_config
+from tether.config import INT64_MAX, Range, check_ranges, load_config
 from tether.demo.config import DemoConfig
 from tether.errors import ConfigError
 from tether.train.ppo_config import PPOConfig
@@ -185,6 +185,8 @@ def out_of_range(bounds: Range, integer: bool) -> list:
         values.append(int(bounds.gt))
     if integer and bounds.lt is not None:
         values.append(int(bounds.lt))
+    if integer:  # past an int64, whatever the declared bounds
+        values += [INT64_MAX + 1, 10**300]
     return [int(v) if integer else float(v) for v in values]
 
 
@@ -341,6 +343,11 @@ def test_commands_exit_2_with_one_line_and_write_nothing(case, data):
     ("kl_horizon=0", 'field "kl_horizon": must be >= 1, got 0'),
     ("batch_size=1e3", "field \"batch_size\": expected an int, got '1e3'"),
     ("seed=-1", 'field "seed": must be in [0, 4294967296), got -1'),
+    (f"batch_size={10**300}",
+     'field "batch_size": must be in [-2**63, 2**63 - 1] (an int64), got an int of 301 digits'),
+    (f"total_iterations={2**63}", 'field "total_iterations": must be in [-2**63, 2**63 - 1] (an int64), '
+                                  f"got {2**63}"),
+    (f"max_new_tokens=-{10**30}", 'field "max_new_tokens": must be >= 1, got a negative int of 31 digits'),
 ])
 def test_values_the_online_trainers_used_to_accept(override, message, tmp_path):
     with nothing_may_run():

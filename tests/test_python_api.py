@@ -49,6 +49,9 @@ def test_python_api_guide_runs_as_written(tmp_path, monkeypatch, capsys):
     assert [r["iteration"] for r in stopped] == [1, 2, 3]
     assert ns["scores"] == [r["objective/score_mean"] for r in stopped]
     assert (runs / "stopped-early" / "policy" / "config.json").is_file()
+    # a Python-reward run continued from Python, with the same reward, to 4 iterations
+    assert [r["iteration"] for r in metrics(runs / "resumable")] == [1, 2, 3, 4]
+    assert "reward/brevity" in metrics(runs / "resumable")[-1]
     # a string from a reward is refused, by name
     assert "reward function lambda returned str 'good' for response 0" in capsys.readouterr().out
     assert not (runs / "bad" / "policy").exists()

@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-from tether.errors import TetherError
+from tether.errors import ConfigError, TetherError
 from tether.diagnostics.run import read_jsonl
 from tether.reporting.sinks import JsonlSink, MlflowSink, RunLogger, TensorBoardSink, WandbSink, make_sinks
 
@@ -92,6 +92,37 @@ def test_wandb_sink_is_offline_by_default(monkeypatch, tmp_path):
     assert init["dir"] == str(tmp_path) and init["config"]["model.name"] == "tiny"
     assert rec.find("log")[0][1:] == (({"objective/score_mean": 0.25},), {"step": 7})
     assert rec.names()[-1] == "finish"
+
+
+def test_wandb_mode_disabled_in_the_environment_creates_no_wandb_run(monkeypatch, capsys, tmp_path):
+    """W&B's own off switch: tether passes ``mode=`` to ``wandb.init``, which outranks the
+    variable, so the sink itself must honour it: no run, one line saying why."""
+    rec = Recorder()
+    fake = types.ModuleType("wandb")
+    fake.init = rec.record("init")
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert make_sinks(["wandb"], tmp_path, {**CONFIG, "wandb_mode": "online"}) == []
+    assert rec.calls == []
+    err = capsys.readouterr().err.strip()
+    assert err == "metric sink wandb: disabled by the environment (WANDB_MODE=disabled); no run is created there"
+
+
+def test_wandb_mode_disabled_needs_no_wandb_package(monkeypatch, capsys, tmp_path):
+    """A CI job that turns W&B off runs a config naming it even where wandb is not installed."""
+    from tether.config import load_config
+    from tether.train.ppo_config import PPOConfig
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # not installed
+    overrides = ["reward_function=tether.rollout.rules:vowel_fraction", "metric_sinks=[wandb, jsonl]"]
+    with pytest.raises(ConfigError, match=r"needs the 'wandb' package"):
+        load_config(PPOConfig, None, overrides)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    config = load_config(PPOConfig, None, overrides)
+    assert config.metric_sinks == ["wandb"]
+    assert make_sinks(config.metric_sinks, tmp_path, {}) == []
+    assert "disabled by the environment" in capsys.readouterr().err
+    assert not (tmp_path / "wandb").exists()
 
 
 def test_mlflow_sink_uses_a_sqlite_store_in_the_run_dir(monkeypatch, tmp_path):

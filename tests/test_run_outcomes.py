@@ -12,7 +12,7 @@ import signal
 import pytest
 import torch
 
-import tether.train.iteration
+import tether.train.optim
 import tether.train.sft
 from tether.cli import main
 from tether.diagnostics.run import read_jsonl
@@ -41,7 +41,7 @@ def rows(run) -> list[dict]:
 # AdamW with eps = 0 divides 0 by 0 wherever a gradient is exactly 0 (embedding rows of tokens
 # not in the batch): finite loss, finite gradients, NaN weights after the step.
 def test_ppo_stops_at_the_first_step_that_makes_a_weight_nan(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(tether.train.iteration, "make_adamw",
+    monkeypatch.setattr(tether.train.optim, "make_adamw",
                         lambda params, device, **kw: make_adamw(params, device, **{**kw, "eps": 0.0}))
     assert main(["ppo", *PPO_SMALL, f"output_dir={tmp_path}", "run_name=nan"]) == 2
     err = capsys.readouterr().err.strip()

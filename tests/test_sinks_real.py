@@ -171,6 +171,19 @@ def test_wandb_offline_run_file_holds_every_logged_scalar(wandb_home, capsys, tm
     assert config["policy"] == "tiny-llama" and config["kl_coef"] == 0.03
 
 
+def test_wandb_mode_disabled_in_the_environment_leaves_no_wandb_run(wandb_home, monkeypatch, capsys, tmp_path):
+    """W&B's own switch, ``WANDB_MODE=disabled``, turns the sink off even with ``wandb_mode``
+    online in the config: the run trains, says so once, and W&B writes nothing."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    code = main([*TINY_PPO, f"output_dir={tmp_path / 'runs'}", "metric_sinks=wandb", "wandb_mode=online"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert err.count("metric sink wandb: disabled by the environment (WANDB_MODE=disabled)") == 1
+    run_dir = tmp_path / "runs" / "r"
+    assert (run_dir / "policy").is_dir() and not (run_dir / "wandb").exists()
+    assert not list(wandb_home.rglob("*run-*"))
+
+
 def test_wandb_online_without_network_fails_to_start_within_the_init_timeout(wandb_home, monkeypatch, tmp_path):
     """Online mode itself cannot be tested here (no W&B server). What can be: a server that does
     not answer ends the sink's start with one line naming it, once W&B's start timeout

@@ -52,60 +52,79 @@ class PPO:
         self.reward = reward
         self.callbacks = list(callbacks)
 
+    @classmethod
+    def resume(cls, run_dir: str | Path, *, reward: Any = None, callbacks: Sequence[Callable] = (),
+               **fields: Any) -> "PPO":
+        """Continue ``run_dir`` from its newest checkpoint with its own config.yaml, as ``tether
+        ppo --resume`` does. ``reward``: a reward given from Python, which config.yaml cannot
+        hold, again (the same sources under the same names; checked); ``fields``: those a resume
+        may change (``total_iterations``, ``checkpoint_every``, ``keep_checkpoints``, ``quiet``,
+        ``max_consecutive_skips``)."""
+        from tether.train.ppo_resume import check_reward_given, resumed_config
+
+        config = resumed_config(run_dir, fields=fields)
+        if reward is None:
+            check_reward_given(config, run_dir, from_python=True)
+        return cls(config, reward=reward, callbacks=callbacks)
+
     def train(self) -> Path:
         from tether.train.ppo import train_ppo
 
         return train_ppo(self.config, reward=self.reward, callbacks=self.callbacks)
 
 
-class SFT:
+class _SupervisedCommand:
+    """SFT, RewardModel and DPO: a command's config and the callbacks per step; ``train()`` runs
+    the command's training function on them."""
+
+    @staticmethod
+    def _command() -> tuple[type, Callable]:
+        """(the config class, the training function), imported when first used."""
+        raise NotImplementedError
+
+    def __init__(self, config=None, *, callbacks: Sequence[Callable] = (), **fields: Any):
+        config_class, _ = self._command()
+        self.config = _configured(config_class, config, fields)
+        self.callbacks = list(callbacks)
+
+    def train(self) -> Path:
+        _, train = self._command()
+        return train(self.config, callbacks=self.callbacks)
+
+
+class SFT(_SupervisedCommand):
     """Supervised fine-tuning on demonstrations; ``train()`` returns ``<run>/policy``.
     ``callbacks``: ``fn(step, metrics)`` after each step; returning True ends the run there with
     its model saved."""
 
-    def __init__(self, config=None, *, callbacks: Sequence[Callable] = (), **fields: Any):
-        from tether.train.sft import SFTConfig
+    @staticmethod
+    def _command():
+        from tether.train.sft import SFTConfig, train_sft
 
-        self.config = _configured(SFTConfig, config, fields)
-        self.callbacks = list(callbacks)
-
-    def train(self) -> Path:
-        from tether.train.sft import train_sft
-
-        return train_sft(self.config, callbacks=self.callbacks)
+        return SFTConfig, train_sft
 
 
-class RewardModel:
+class RewardModel(_SupervisedCommand):
     """A Bradley-Terry reward model on preferences; ``train()`` returns ``<run>/reward_model``,
     which ``PPO(reward=...)`` and ``PPOConfig(reward_model=...)`` take. ``callbacks``: as
     ``SFT``'s; after a stop the model is judged, normalised and saved as after the last step."""
 
-    def __init__(self, config=None, *, callbacks: Sequence[Callable] = (), **fields: Any):
-        from tether.train.reward_model import RewardModelConfig
+    @staticmethod
+    def _command():
+        from tether.train.reward_model import RewardModelConfig, train_reward_model
 
-        self.config = _configured(RewardModelConfig, config, fields)
-        self.callbacks = list(callbacks)
-
-    def train(self) -> Path:
-        from tether.train.reward_model import train_reward_model
-
-        return train_reward_model(self.config, callbacks=self.callbacks)
+        return RewardModelConfig, train_reward_model
 
 
-class DPO:
+class DPO(_SupervisedCommand):
     """Direct preference optimisation; ``train()`` returns the run directory (its ``policy/``).
     ``callbacks``: as ``SFT``'s."""
 
-    def __init__(self, config=None, *, callbacks: Sequence[Callable] = (), **fields: Any):
-        from tether.train.dpo import DPOConfig
+    @staticmethod
+    def _command():
+        from tether.train.dpo import DPOConfig, train_dpo
 
-        self.config = _configured(DPOConfig, config, fields)
-        self.callbacks = list(callbacks)
-
-    def train(self) -> Path:
-        from tether.train.dpo import train_dpo
-
-        return train_dpo(self.config, callbacks=self.callbacks)
+        return DPOConfig, train_dpo
 
 
 __all__ = ["PPO", "SFT", "RewardModel", "DPO"]

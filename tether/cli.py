@@ -14,8 +14,7 @@ from tether.errors import RunStopped, TetherError
 # command modules, in the order `tether --help` lists them
 COMMAND_MODULES = [
     "tether.train.ppo_cli",  # ppo (and the alternatives: a2c, grpo, rloo, reinforce-pp)
-    "tether.train.preference_cli",  # sft, train-rm, eval-rm
-    "tether.train.dpo_cli",  # dpo
+    "tether.train.preference_cli",  # sft, train-rm, dpo, eval-rm
     "tether.labeling.cli",  # label serve | make-tasks | export | stats | simulate | add-labeler
     "tether.reporting.cli",  # report, doctor, compare
     "tether.models.cli",  # models prepare

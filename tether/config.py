@@ -6,8 +6,9 @@ float, got 'fast'`` or ``override 'ppo_epochs=x': expected an int``.
 
 Every numeric field declares the values it accepts in its annotation, and ``load_config``
 checks each value against it before anything else runs (``ppo.yaml:3: field "kl_coef": must
-be >= 0, got -1``); NaN and inf are refused everywhere. A new int or float field follows the
-same convention (tests/test_config_values.py fails on one without a ``Range``):
+be >= 0, got -1``); NaN and inf are refused everywhere, and so is an int beyond an int64. A
+new int or float field follows the same convention (tests/test_config_values.py fails on one
+without a ``Range``):
 
     batch_size: PositiveInt = 16                               # an int >= 1
     learning_rate: NonNegative = 1e-5                          # a float >= 0
@@ -36,8 +37,8 @@ from tether.errors import ConfigError
 
 T = TypeVar("T")
 
-__all__ = ["load_config", "config_to_dict", "parse_overrides", "check_ranges", "check_option", "Range", "PositiveInt", "Count",
-           "Positive", "NonNegative", "Fraction", "Finite", "Seed"]
+__all__ = ["load_config", "config_to_dict", "parse_overrides", "check_ranges", "check_option", "Range", "INT64_MAX",
+           "PositiveInt", "Count", "Positive", "NonNegative", "Fraction", "Finite", "Seed"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,15 +53,21 @@ class Range:
     why: str = ""
 
     def problem(self, value: float) -> str | None:
-        """Why ``value`` is refused (``must be > 0, got -1``), or None when it is accepted."""
+        """Why ``value`` is refused (``must be > 0, got -1``), or None when it is accepted. An int
+        must also fit an int64 whatever its declared bounds: every int field is a count, size or
+        seed that ends up in a tensor, a NumPy array or a checkpoint as one, so a larger value
+        (``batch_size: 1000...0`` with 300 zeros) can only be a mistake."""
         if isinstance(value, float) and not math.isfinite(value):
             return f"must be a finite number, got {value}"
+        shown = _int_text(value) if isinstance(value, int) else value
         low = (self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
         high = (self.le is None or value <= self.le) and (self.lt is None or value < self.lt)
-        if low and high:
-            return None
-        why = f" ({self.why})" if self.why else ""
-        return f"must be {self.describe()}{why}, got {value}"
+        if not (low and high):
+            why = f" ({self.why})" if self.why else ""
+            return f"must be {self.describe()}{why}, got {shown}"
+        if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+            return f"must be in [-2**63, 2**63 - 1] (an int64), got {shown}"
+        return None
 
     def describe(self) -> str:
         """``>= 1``, ``> 0``, ``in (0, 1]``, or ``finite`` without bounds."""
@@ -77,6 +84,15 @@ class Range:
 
 def _number(bound: float) -> str:
     return str(int(bound)) if float(bound).is_integer() else str(bound)
+
+
+def _int_text(value: int) -> str:
+    """An int as typed, or its length when it is too long to read on one line."""
+    digits = len(str(abs(value)))
+    return str(value) if digits <= 24 else f"{'a negative' if value < 0 else 'an'} int of {digits} digits"
+
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the bounds of every int field (Range.problem)
 
 
 # the ranges most fields need

@@ -33,11 +33,14 @@ import random
 from dataclasses import dataclass, field, replace
 from itertools import combinations
 from pathlib import Path
+from typing import Callable, Iterable, Iterator, TypeVar
 
 from tether.data import fields
-from tether.data.readers import Row, read_rows, type_name
+from tether.data.readers import Row, read_records, type_name
 from tether.data.templates import Prompt
 from tether.errors import DataError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,17 @@ class DropCounts:
         if len(self.first_errors) < 3:
             self.first_errors.append(str(exc))
 
+    def parsed(self, rows: Iterable[Row], parse: Callable[[Row], T], skip_bad_rows: bool) -> Iterator[T]:
+        """``parse(row)`` of each row; a row it refuses with a DataError is counted and skipped
+        with ``skip_bad_rows`` (``skip_or_raise``)."""
+        for row in rows:
+            try:
+                value = parse(row)
+            except DataError as exc:
+                self.skip_or_raise(exc, skip_bad_rows)
+                continue
+            yield value
+
     def describe(self) -> str:
         parts = [
             f"{n} {what}"
@@ -85,6 +99,11 @@ class DropCounts:
             if n
         ]
         return "dropped " + ", ".join(parts) if parts else "nothing dropped"
+
+    def report(self) -> str:
+        """``describe()`` and the first skipped rows' messages: the end of a data summary line."""
+        skipped = " (first skipped: " + "; ".join(self.first_errors) + ")" if self.first_errors else ""
+        return self.describe() + skipped
 
 
 @dataclass
@@ -102,10 +121,7 @@ class PreferenceData:
         prompts = len({p.group for p in self.pairs})
         ties = sum(p.tie for p in self.pairs)
         kinds = f"{len(self.pairs) - ties} pairs and {ties} ties" if ties else f"{len(self.pairs)} pairs"
-        line = f"{self.source}: {self.num_rows} rows -> {kinds} from {prompts} prompts; {self.dropped.describe()}"
-        if self.dropped.first_errors:
-            line += " (first skipped: " + "; ".join(self.dropped.first_errors) + ")"
-        return line
+        return f"{self.source}: {self.num_rows} rows -> {kinds} from {prompts} prompts; {self.dropped.report()}"
 
 
 def load_preferences(path_or_name: str | Path, split: str | None = None, skip_bad_rows: bool = False) -> PreferenceData:
@@ -114,20 +130,12 @@ def load_preferences(path_or_name: str | Path, split: str | None = None, skip_ba
     A malformed row raises ``DataError('prefs.jsonl:17: field "chosen" is empty')``; with
     ``skip_bad_rows`` it is skipped and counted instead.
     """
-    rows = read_rows(path_or_name, split)
-    source = f"{path_or_name}" + (f"[{split}]" if split else "")
-    if not rows:
-        raise DataError(f"{source}: no rows")
+    rows, source = read_records(path_or_name, split)
     dropped = DropCounts()
     pairs: list[PreferencePair] = []
     seen: set[tuple[str, str, str]] = set()
     groups: dict[str, int] = {}
-    for row in rows:
-        try:
-            row_pairs = parse_preference_row(row)
-        except DataError as exc:
-            dropped.skip_or_raise(exc, skip_bad_rows)
-            continue
+    for row_pairs in dropped.parsed(rows, parse_preference_row, skip_bad_rows):
         for pair in row_pairs:
             key = prompt_key(pair.prompt)
             if pair.chosen == pair.rejected:

@@ -33,6 +33,16 @@ class Row:
     error: str | None = None  # set when the row itself could not be parsed
 
 
+def read_records(path_or_name: str | Path, split: str | None = None) -> tuple[list[Row], str]:
+    """The rows of a file of records (demonstrations, preferences) and its name for messages
+    (``prefs.jsonl``, ``data[test]``); a DataError when it has none."""
+    source = f"{path_or_name}" + (f"[{split}]" if split else "")
+    rows = read_rows(path_or_name, split)
+    if not rows:
+        raise DataError(f"{source}: no rows")
+    return rows, source
+
+
 def read_rows(path_or_name: str | Path, split: str | None = None) -> list[Row]:
     """All rows of a data file or ``datasets`` folder. Raises ``DataError`` (naming the file)
     when it does not exist, cannot be read, or has an unknown format."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tether.data import fields
 from tether.data.preferences import DropCounts, prompt_key
-from tether.data.readers import Row, read_rows
+from tether.data.readers import Row, read_records
 from tether.data.templates import Prompt
 from tether.errors import DataError
 
@@ -35,27 +35,16 @@ class DemonstrationData:
         return len(self.examples)
 
     def summary(self) -> str:
-        line = f"{self.source}: {self.num_rows} rows -> {len(self.examples)} demonstrations; {self.dropped.describe()}"
-        if self.dropped.first_errors:
-            line += " (first skipped: " + "; ".join(self.dropped.first_errors) + ")"
-        return line
+        return f"{self.source}: {self.num_rows} rows -> {len(self.examples)} demonstrations; {self.dropped.report()}"
 
 
 def load_demonstrations(path: str | Path, split: str | None = None, skip_bad_rows: bool = False) -> DemonstrationData:
     """Read demonstrations; exact duplicates are dropped and counted."""
-    rows = read_rows(path, split)
-    source = f"{path}" + (f"[{split}]" if split else "")
-    if not rows:
-        raise DataError(f"{source}: no rows")
+    rows, source = read_records(path, split)
     dropped = DropCounts()
     examples: list[Demonstration] = []
     seen: set[tuple[str, str]] = set()
-    for row in rows:
-        try:
-            example = parse_demonstration_row(row)
-        except DataError as exc:
-            dropped.skip_or_raise(exc, skip_bad_rows)
-            continue
+    for example in dropped.parsed(rows, parse_demonstration_row, skip_bad_rows):
         key = (prompt_key(example.prompt), example.completion)
         if key in seen:
             dropped.duplicates += 1

@@ -6,7 +6,7 @@ from __future__ import annotations
 from tether.diagnostics.findings import Finding
 from tether.diagnostics.rules_update import SCORE, oversized_updates, score_scale
 from tether.diagnostics.thresholds import Thresholds
-from tether.diagnostics.trace import RunTrace, Series, fmt, fmt_iterations, mean, window_size
+from tether.diagnostics.trace import RunTrace, Series, ends, fmt, fmt_iterations, mean, window_size
 
 # k3 first: non-negative and lower-variance (Schulman, "Approximating KL divergence")
 KL_KEYS = ("objective/kl_k3", "objective/kl_k1")
@@ -104,21 +104,20 @@ def reward_hacking_gold(trace: RunTrace, t: Thresholds) -> Finding | None:
 
 
 def length_explosion(trace: RunTrace, t: Thresholds) -> Finding | None:
-    s = trace.get("rollout/response_length", min_points=t.min_iterations)
-    if s is None:
+    e = ends(trace.get("rollout/response_length", min_points=t.min_iterations), t.window)
+    if e is None:
         return None
-    w = window_size(len(s), t.window)
-    first, recent = s.head(w).mean(), s.tail(w).mean()
+    w, first, recent = e.width, e.first, e.recent
     eos = trace.get("rollout/eos_fraction", min_points=t.min_iterations)
     # Length cannot double when max_new_tokens caps it: then the sign is that responses grew and
     # now all run into the cap (EOS fraction collapsed).
     pinned = eos is not None and eos.tail(w).mean() < t.capped_eos_fraction <= eos.head(3).mean() + 1e-9
     if pinned:
-        first = s.head(3).mean()  # the rise to the cap is fast: compare with the very start
+        first = e.series.head(3).mean()  # the rise to the cap is fast: compare with the very start
     if first <= 0 or recent < (t.capped_length_growth if pinned else t.length_growth) * first:
         return None
-    evidence = (f"rollout/response_length grew from {fmt(first)} tokens (iterations {s.head(w).span()}) "
-                f"to {fmt(recent)} (iterations {s.tail(w).span()}), {fmt(recent / first)}x")
+    evidence = (f"rollout/response_length grew from {fmt(first)} tokens (iterations {e.start.span()}) "
+                f"to {fmt(recent)} (iterations {e.end.span()}), {fmt(recent / first)}x")
     if pinned:
         evidence += f"; rollout/eos_fraction fell to {fmt(eos.tail(w).mean())}: responses now run into max_new_tokens"
     return Finding(
@@ -130,7 +129,7 @@ def length_explosion(trace: RunTrace, t: Thresholds) -> Finding | None:
         "exploits it (a common form of reward hacking, Singhal et al. 2023).",
         fix="Raise β, add a length penalty or length-normalise the score, cap max_new_tokens, and read "
         "the latest samples to check the extra length carries content.",
-        iterations=list(s.tail(w).iterations),
+        iterations=list(e.end.iterations),
         metrics=("rollout/response_length",),
     )
 
@@ -172,11 +171,10 @@ def repetition(trace: RunTrace, t: Thresholds) -> Finding | None:
 
 
 def kl_runaway(trace: RunTrace, t: Thresholds) -> Finding | None:
-    kl = trace.get(*KL_KEYS, min_points=t.min_iterations)
-    if kl is None:
+    e = ends(trace.get(*KL_KEYS, min_points=t.min_iterations), t.window)
+    if e is None:
         return None
-    w = window_size(len(kl), t.window)
-    recent = kl.tail(w)
+    kl, w, recent = e.series, e.width, e.end
     previous = Series(kl.iterations[-2 * w : -w], kl.values[-2 * w : -w])
     now, before = recent.mean(), previous.mean() if len(previous) else float("nan")
     # "coming back down" is a fall of kl_recovery of the previous level: a dip of a few tenths of a
@@ -253,8 +251,8 @@ def missing_eos(trace: RunTrace, t: Thresholds) -> Finding | None:
     s = trace.get("rollout/eos_fraction") or _eos_from_samples(trace)
     if s is None or not len(s):
         return None
-    w = window_size(len(s), t.window)
-    recent = s.tail(w)
+    e = ends(s, t.window)
+    recent = e.end
     if recent.mean() >= t.eos_min:
         return None
     return Finding(
@@ -262,7 +260,7 @@ def missing_eos(trace: RunTrace, t: Thresholds) -> Finding | None:
         severity="warning",
         title="Many responses do not end with EOS",
         evidence=f"fraction ending in EOS averaged {fmt(recent.mean())} over iterations {recent.span()} "
-        f"(< {fmt(t.eos_min)}; first iterations {fmt(s.head(w).mean())})",
+        f"(< {fmt(t.eos_min)}; first iterations {fmt(e.first)})",
         cause="max_new_tokens too small for the task, a wrong eos_token_id or chat template, or the "
         "policy learned to ramble (length hacking). Truncated responses get scored mid-sentence.",
         fix="Raise max_new_tokens, check the tokenizer's EOS id and the chat template, and penalise "
@@ -284,37 +282,30 @@ def _eos_from_samples(trace: RunTrace) -> Series | None:
 
 
 def score_saturation(trace: RunTrace, t: Thresholds) -> Finding | None:
-    s = trace.get("objective/score_std", min_points=t.min_iterations)
-    if s is None:
-        return None
-    w = window_size(len(s), t.window)
-    first, recent = s.head(w).mean(), s.tail(w).mean()
-    if first <= 0 or recent >= t.saturation_std * first:
+    e = ends(trace.get("objective/score_std", min_points=t.min_iterations), t.window)
+    if e is None or e.first <= 0 or e.recent >= t.saturation_std * e.first:
         return None
     return Finding(
         rule="score_saturation",
         severity="warning",
         title="Scores saturated: every response gets the same score",
-        evidence=f"objective/score_std fell from {fmt(first)} to {fmt(recent)} over iterations "
-        f"{s.tail(w).span()}",
+        evidence=f"objective/score_std fell from {fmt(e.first)} to {fmt(e.recent)} over iterations "
+        f"{e.end.span()}",
         cause="The reward model gives (nearly) the same score to every response, so advantages carry "
         "no signal: a bounded reward (a probability near 1) at its ceiling, or a policy collapsed onto "
         "one answer.",
         fix="Use the reward model's logit rather than a probability, harder prompts, or stop: there is "
         "nothing left to learn from this reward.",
-        iterations=list(s.tail(w).iterations),
+        iterations=list(e.end.iterations),
         metrics=("objective/score_std", SCORE),
     )
 
 
 def dpo_no_progress(trace: RunTrace, t: Thresholds) -> Finding | None:
-    acc = trace.get("rewards/accuracy", min_points=t.min_iterations)
-    if acc is None:
+    e = ends(trace.get("rewards/accuracy", min_points=t.min_iterations), t.window)
+    if e is None or e.recent > t.dpo_accuracy_min:
         return None
-    w = window_size(len(acc), t.window)
-    recent = acc.tail(w)
-    if recent.mean() > t.dpo_accuracy_min:
-        return None
+    recent = e.end
     return Finding(
         rule="dpo_no_progress",
         severity="warning",
@@ -330,23 +321,19 @@ def dpo_no_progress(trace: RunTrace, t: Thresholds) -> Finding | None:
 
 
 def dpo_chosen_falling(trace: RunTrace, t: Thresholds) -> Finding | None:
-    s = trace.get("logps/chosen", min_points=t.min_iterations)
-    if s is None:
-        return None
-    w = window_size(len(s), t.window)
-    first, recent = s.head(w).mean(), s.tail(w).mean()
-    if first - recent < t.dpo_chosen_drop:
+    e = ends(trace.get("logps/chosen", min_points=t.min_iterations), t.window)
+    if e is None or e.first - e.recent < t.dpo_chosen_drop:
         return None
     return Finding(
         rule="dpo_chosen_falling",
         severity="info",
         title="DPO lowers the likelihood of the chosen responses too",
-        evidence=f"logps/chosen fell from {fmt(first)} to {fmt(recent)} nats (iterations {s.tail(w).span()})",
+        evidence=f"logps/chosen fell from {fmt(e.first)} to {fmt(e.recent)} nats (iterations {e.end.span()})",
         cause="DPO only widens the margin; it can do so by pushing both responses down (likelihood "
         "displacement, Razin et al. 2024), which drifts probability mass to unseen outputs.",
         fix="Lower the learning rate or train fewer epochs; add an SFT term on the chosen responses "
         "(RPO / DPOP); check samples for drift.",
-        iterations=list(s.tail(w).iterations),
+        iterations=list(e.end.iterations),
         metrics=("logps/chosen", "logps/rejected"),
     )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from tether.diagnostics.findings import Finding
 from tether.diagnostics.thresholds import Thresholds
-from tether.diagnostics.trace import RunTrace, fmt, fmt_iterations, mean, median, robust_spikes, window_size
+from tether.diagnostics.trace import RunTrace, ends, fmt, fmt_iterations, mean, median, robust_spikes, window_size
 
 SCORE = "objective/score_mean"
 APPROX_KL = "policy/approx_kl"
@@ -35,7 +35,7 @@ def oversized_updates(trace: RunTrace, t: Thresholds) -> list[int]:
     for key, limit in ((APPROX_KL, t.approx_kl_high), (CLIPFRAC, t.clipfrac_high), ("policy/ratio_max", t.ratio_max_high)):
         s = trace.get(key)
         if s is not None:
-            hits.update(i for i, v in zip(s.iterations, s.values) if v > limit)
+            hits.update(i for i, _ in s.above(limit))
     return sorted(hits)
 
 
@@ -43,7 +43,7 @@ def approx_kl_high(trace: RunTrace, t: Thresholds) -> Finding | None:
     s = trace.get(APPROX_KL)
     if s is None:
         return None
-    hits = [(i, v) for i, v in zip(s.iterations, s.values) if v > t.approx_kl_high]
+    hits = s.above(t.approx_kl_high)
     if not hits:
         return None
     worst = max(hits, key=lambda p: p[1])
@@ -70,7 +70,7 @@ def clipfrac_high(trace: RunTrace, t: Thresholds) -> Finding | None:
     s = trace.get(CLIPFRAC)
     if s is None:
         return None
-    hits = [(i, v) for i, v in zip(s.iterations, s.values) if v > t.clipfrac_high]
+    hits = s.above(t.clipfrac_high)
     if not hits:
         return None
     return Finding(
@@ -94,7 +94,7 @@ def ratio_blowup(trace: RunTrace, t: Thresholds) -> Finding | None:
     mean_s = trace.get("policy/ratio_mean")
     max_s = trace.get("policy/ratio_max")
     off = [(i, v) for i, v in zip(mean_s.iterations, mean_s.values) if abs(v - 1) > t.ratio_mean_tol] if mean_s else []
-    big = [(i, v) for i, v in zip(max_s.iterations, max_s.values) if v > t.ratio_max_high] if max_s else []
+    big = max_s.above(t.ratio_max_high) if max_s else []
     if not off and not big:
         return None
     parts = []
@@ -294,25 +294,22 @@ def value_loss_growing(trace: RunTrace, t: Thresholds) -> Finding | None:
 
 
 def entropy_change(trace: RunTrace, t: Thresholds) -> Finding | None:
-    s = trace.get("policy/entropy", min_points=t.min_iterations)
-    if s is None:
+    e = ends(trace.get("policy/entropy", min_points=t.min_iterations), t.window)
+    if e is None or e.first <= 0:
         return None
-    w = window_size(len(s), t.window)
-    first, recent = s.head(w).mean(), s.tail(w).mean()
-    if first <= 0:
-        return None
+    first, recent = e.first, e.recent
     if recent < t.entropy_collapse * first:
         return Finding(
             rule="entropy_collapse",
             severity="warning",
             title="Policy entropy collapsed",
-            evidence=f"policy/entropy fell from {fmt(first)} (iterations {s.head(w).span()}) to "
-            f"{fmt(recent)} (iterations {s.tail(w).span()}), below {fmt(t.entropy_collapse)}x the start",
+            evidence=f"policy/entropy fell from {fmt(first)} (iterations {e.start.span()}) to "
+            f"{fmt(recent)} (iterations {e.end.span()}), below {fmt(t.entropy_collapse)}x the start",
             cause="The policy has become near-deterministic (mode collapse): it found a narrow pattern the "
             "reward model likes; β too low or learning rate too high.",
             fix="Raise β or use an adaptive KL target, lower the learning rate, add an entropy bonus; "
             "read the latest samples for repeated templates.",
-            iterations=list(s.tail(w).iterations),
+            iterations=list(e.end.iterations),
             metrics=("policy/entropy",),
         )
     if recent > t.entropy_explosion * first:
@@ -320,13 +317,13 @@ def entropy_change(trace: RunTrace, t: Thresholds) -> Finding | None:
             rule="entropy_explosion",
             severity="warning",
             title="Policy entropy exploded",
-            evidence=f"policy/entropy rose from {fmt(first)} (iterations {s.head(w).span()}) to "
-            f"{fmt(recent)} (iterations {s.tail(w).span()}), above {fmt(t.entropy_explosion)}x the start",
+            evidence=f"policy/entropy rose from {fmt(first)} (iterations {e.start.span()}) to "
+            f"{fmt(recent)} (iterations {e.end.span()}), above {fmt(t.entropy_explosion)}x the start",
             cause="The policy is drifting towards uniform noise: learning rate too high, log-probs computed "
             "without the sampling temperature, or a sign error in the policy loss.",
             fix="Lower the learning rate; divide logits by the sampling temperature before log_softmax; "
             "check the loss is -min(ρA, clip(ρ)A), not its negative.",
-            iterations=list(s.tail(w).iterations),
+            iterations=list(e.end.iterations),
             metrics=("policy/entropy",),
         )
     return None

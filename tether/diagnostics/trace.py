@@ -39,6 +39,10 @@ class Series:
     def mean(self) -> float:
         return mean(self.values)
 
+    def above(self, limit: float) -> list[tuple[int, float]]:
+        """(iteration, value) of the points above ``limit``."""
+        return [(i, v) for i, v in zip(self.iterations, self.values) if v > limit]
+
     def span(self) -> str:
         """'40-49' for evidence strings."""
         if not self.iterations:
@@ -123,6 +127,33 @@ def median(values: Iterable[float]) -> float:
 def window_size(n_points: int, window: int) -> int:
     """The configured window, shrunk for short runs so "initial" and "recent" stay apart."""
     return max(1, min(window, n_points // 3))
+
+
+@dataclass(frozen=True)
+class Ends:
+    """A metric's first and latest ``width`` points: the start-against-end comparison most
+    rules make."""
+
+    series: Series
+    width: int  # window_size: the configured window, shrunk for short runs
+    start: Series
+    end: Series
+
+    @property
+    def first(self) -> float:
+        return self.start.mean()
+
+    @property
+    def recent(self) -> float:
+        return self.end.mean()
+
+
+def ends(s: Series | None, window: int) -> Ends | None:
+    """The first and the last ``window_size(len(s), window)`` points of ``s`` (None: None)."""
+    if s is None:
+        return None
+    w = window_size(len(s), window)
+    return Ends(s, w, s.head(w), s.tail(w))
 
 
 def robust_spikes(s: Series, z: float, lookback: int) -> list[tuple[int, float, float]]:

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -125,10 +126,19 @@ def check_sink_names(names: list[str] | str | None) -> list[str] | None:
             continue
         if name not in SINK_PACKAGES:
             raise ConfigError(f"unknown metric sink '{item}': choose from {', '.join(['jsonl', *SINK_PACKAGES])}")
-        if not _installed(SINK_PACKAGES[name]):
+        if not _installed(SINK_PACKAGES[name]) and disabled_by_environment(name) is None:
             raise ConfigError(f"metric sink '{name}' needs the '{name}' package: pip install 'tether[{name}]'")
         out.append(name)
     return out
+
+
+def disabled_by_environment(sink: str) -> str | None:
+    """The environment setting that turns ``sink`` off, or None. ``WANDB_MODE=disabled`` is W&B's
+    own switch (wandb/env.py) and CI jobs set it to keep every run off W&B; tether passes
+    ``mode=`` to ``wandb.init`` explicitly, which outranks the variable, so it is honoured here."""
+    if sink == "wandb" and os.environ.get("WANDB_MODE") == "disabled":
+        return "WANDB_MODE=disabled"
+    return None
 
 
 def _installed(module: str) -> bool:
@@ -285,6 +295,10 @@ def make_sinks(names: list[str] | str, run_dir: Path, config: dict[str, Any]) ->
             known = ", ".join(["jsonl", *OPTIONAL_SINKS])
             raise TetherError(f"unknown metric sink '{raw}': choose from {known}")
         seen.add(name)
+        if (setting := disabled_by_environment(name)) is not None:
+            print(f"metric sink {name}: disabled by the environment ({setting}); no run is created there",
+                  file=sys.stderr)
+            continue
         try:
             sinks.append(OPTIONAL_SINKS[name](Path(run_dir), dict(config or {})))
         except Exception as exc:

@@ -32,7 +32,7 @@ from typing import Annotated, Callable, ClassVar, Literal, Sequence
 
 import torch
 
-from tether.config import Count, NonNegative, Positive, PositiveInt, Range, Seed, check_ranges
+from tether.config import NonNegative, Positive, PositiveInt, Range
 from tether.data.batching import PreferenceBatch, TokenizedPair, collate_pairs, iterate_batches
 from tether.errors import ConfigError
 from tether.models.forward import policy_forward
@@ -40,72 +40,41 @@ from tether.models.loading import freeze, load_causal_lm
 from tether.models.registry import resolve_model
 from tether.ops.losses import dpo_loss
 from tether.ops.masking import real_width
-from tether.reporting.sinks import SinkOptions
 from tether.utils.precision import autocast
 from tether.train.optim import make_optimizer
 from tether.train.run_dir import RunSettings, save_pretrained_atomic
-from tether.train.supervised import (SupervisedTask, epoch_batches, fit, planned_steps, start_preference_run,
-                                     validate_common)
+from tether.train.supervised import SupervisedTask, epoch_batches, fit, planned_steps, start_preference_run
+from tether.train.supervised_config import SupervisedFields
 
 DPO_STATS = ("rewards/chosen", "rewards/rejected", "rewards/accuracy", "rewards/margin", "logps/chosen", "logps/rejected")
 
 
 @dataclass(frozen=True)
-class DPOConfig(SinkOptions):
+class DPOConfig(SupervisedFields):
+    """The shared supervised fields (tether.train.supervised_config) with DPO's learning rate,
+    then DPO's own. ``model``: the policy's start, usually the SFT model."""
+
     algorithm: ClassVar[str] = "dpo"  # run directory prefix: runs/dpo-<timestamp>
     model_fields: ClassVar[tuple[str, ...]] = ("model", "reference")  # model folders checked before the run starts
+    data_kind: ClassVar[str] = "a preference file (prompt/chosen/rejected or rankings)"
+    learning_rate: NonNegative = 5e-7
     # --- models -------------------------------------------------------------------------------
-    model: str = "tiny-llama"  # policy init: folder, .gguf file, or alias (smollm2, tiny-llama); usually the SFT model
     reference: str | None = None  # frozen π_ref; default: the policy's starting weights (model)
-    # --- data ---------------------------------------------------------------------------------
-    data: str = ""  # preference pairs or rankings: .jsonl/.json/.csv/.parquet or datasets folder
-    split: str | None = None  # split of a DatasetDict folder (default: train)
-    eval_data: str | None = None  # held-out preferences; default: hold out eval_fraction of the prompts
-    eval_split: str | None = None  # split of eval_data when it is a DatasetDict folder
-    eval_fraction: Annotated[float, Range(ge=0, lt=1)] = 0.1  # share of prompts held out when eval_data is not given (0: no eval)
-    skip_bad_rows: bool = False  # count and skip malformed rows instead of stopping at the first
-    chat_template: bool | Literal["auto"] = "auto"  # render prompts with the tokenizer's chat template
-    max_length: PositiveInt = 512  # prompt + response tokens; longer responses are cut at the end
-    max_prompt_length: PositiveInt | None = None  # cut prompts to their last N tokens; None: keep whole
     # --- loss ---------------------------------------------------------------------------------
     beta: Positive = 0.1  # β: strength of the KL anchor to π_ref (implicit reward scale)
     label_smoothing: Annotated[float, Range(ge=0, lt=0.5)] = 0.0  # cDPO: assumed probability that a label is flipped, in [0, 0.5)
     loss_type: Literal["sigmoid", "ipo"] = "sigmoid"  # sigmoid: DPO / cDPO; ipo: (h - 1/(2β))²
-    # --- optimisation -------------------------------------------------------------------------
-    epochs: PositiveInt = 1  # passes over the pairs
-    max_steps: PositiveInt | None = None  # stop after this many optimizer steps (overrides epochs)
-    batch_size: PositiveInt = 8  # pairs per optimizer step
+    # --- batches and the run ------------------------------------------------------------------
     micro_batch_size: PositiveInt | None = None  # pairs per forward/backward (gradient accumulation); default batch_size
-    learning_rate: NonNegative = 5e-7
-    lr_schedule: Literal["constant", "linear", "cosine"] = "linear"
-    warmup_steps: Count = 0
-    weight_decay: NonNegative = 0.0
-    max_grad_norm: Positive = 1.0
-    eval_every: PositiveInt = 50  # steps between held-out evaluations (and always after the last step)
     ref_batch_size: PositiveInt = 16  # pairs per no-grad forward when precomputing the reference log-probs
-    checkpoint_every: Count = 0  # full-state checkpoint every N steps; 0 = only on SIGINT/SIGTERM
-    keep_checkpoints: PositiveInt = 2  # newest checkpoints kept in <run>/checkpoints
-    resume: str | None = None  # "auto": continue <output_dir>/<run_name> from its checkpoint; or a run dir
-    # --- system -------------------------------------------------------------------------------
-    seed: Seed = 0
-    device: str = "auto"  # auto, cpu, cuda, cuda:1, mps
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast compute, fp32 master weights
-    output_dir: str = "runs"
-    run_name: str | None = None  # default: dpo-<timestamp>
     overwrite: bool = False  # replace an existing run of the same name (its reference cache is kept)
-    quiet: bool = False  # no progress bar (CI)
-    # metric_sinks and the sinks' options: inherited from SinkOptions (tether/reporting/sinks.py)
 
     @property
     def run_settings(self) -> RunSettings:
         return RunSettings(self.output_dir, self.run_name, self.algorithm, self.resume, overwrite=self.overwrite)
 
     def __post_init__(self) -> None:
-        super().__post_init__()  # the metric-sink fields
-        check_ranges(self)  # each numeric field's declared bounds; the checks below relate fields
-        if not self.data:
-            raise ConfigError('field "data" is required: a preference file (prompt/chosen/rejected or rankings)')
-        validate_common(self)
+        super().__post_init__()  # the metric-sink fields, each field's bounds, the shared checks
         if self.loss_type == "ipo" and self.label_smoothing:
             raise ConfigError('label_smoothing applies to loss_type "sigmoid" only (cDPO); set it to 0 for ipo')
         if self.micro_batch_size is not None and self.micro_batch_size > self.batch_size:
@@ -194,7 +163,7 @@ def train_dpo(config: DPOConfig, *, callbacks: Sequence[Callable] = ()) -> Path:
     model = load_causal_lm(config.model, device)
     model.train()
     total_steps = planned_steps(len(begun.train_items), config)
-    optimizer, scheduler = make_optimizer(model.parameters(), config, total_steps)
+    optimizer, scheduler = make_optimizer(model.parameters(), config.optim_settings, total_steps)
     indexed = list(enumerate(begun.train_items))
     collate = lambda rows: (torch.tensor([i for i, _ in rows]), collate_pairs([it for _, it in rows], pad_id))  # noqa: E731
 

@@ -33,7 +33,7 @@ from tether.rollout.engine import RolloutEngine
 from tether.rollout.generation import SamplingSettings
 from tether.rollout.rewards import is_finite
 from tether.train.algorithms import AdvantageInputs, AlgorithmSpec
-from tether.train.optim import make_adamw, make_scheduler
+from tether.train.optim import make_optimizer
 from tether.train.rl_phases import UpdateStats, run_updates, score_rollout, sequence_kl, shape_rewards
 from tether.train.roles import Roles
 from tether.types import ScoredRollout, TrainBatch
@@ -159,16 +159,14 @@ def _adapt_beta(state: IterationState, scored: ScoredRollout) -> None:
 def build_optimization(config, roles: Roles, algorithm: AlgorithmSpec, device: torch.device):
     """AdamW over policy and critic (each with its learning rate), the LR schedule over all
     optimizer steps of the run, and the β controller (adaptive when kl_target is set)."""
+    optim = config.optim_settings
     policy_params, critic_params = roles.trainable_groups()
-    groups = [{"params": policy_params, "lr": config.learning_rate}]
+    groups = [{"params": policy_params, "lr": optim.learning_rate}]
     if critic_params:
-        critic_lr = config.learning_rate if config.critic_learning_rate is None else config.critic_learning_rate
-        groups.append({"params": critic_params, "lr": critic_lr})
-    optimizer = make_adamw(groups, device, weight_decay=config.weight_decay, eps=config.adam_eps)
+        groups.append({"params": critic_params, "lr": optim.critic_lr})
     steps_per_iteration = 1 if algorithm.single_step else (
         config.ppo_epochs * config.batch_size * config.samples_per_prompt // config.mini_batch_size)
-    scheduler = make_scheduler(optimizer, config.lr_schedule, config.warmup_steps,
-                               config.total_iterations * steps_per_iteration)
+    optimizer, scheduler = make_optimizer(groups, optim, config.total_iterations * steps_per_iteration, device)
     kl_ctl = (AdaptiveKLController(config.kl_coef, config.kl_target, config.adaptive_kl_horizon)
               if config.kl_target is not None else FixedKLController(config.kl_coef))
     return optimizer, scheduler, kl_ctl

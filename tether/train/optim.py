@@ -1,12 +1,35 @@
 """The optimizer every trainer uses (AdamW, fused where torch has the kernel) and its
-learning-rate schedule: PPO's roles (tether.train.iteration) and the supervised commands
-(SFT, reward model, DPO) build them here."""
+learning-rate schedule, built from a config's optimisation section (``OptimSettings``): PPO's
+roles (tether.train.iteration) and the supervised commands (SFT, reward model, DPO) build them
+here."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
+
+Schedule = Literal["constant", "linear", "cosine"]
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    """The optimisation section of a training config (its ``optim_settings``): the fields of the
+    same names, flat in YAML."""
+
+    learning_rate: float
+    lr_schedule: Schedule
+    warmup_steps: int
+    weight_decay: float
+    max_grad_norm: float  # clip of the global gradient norm, applied by the trainer's step
+    adam_eps: float = 1e-8  # torch's default; PPO's config exposes it
+    critic_learning_rate: float | None = None  # PPO's separate critic or value head; None: learning_rate
+
+    @property
+    def critic_lr(self) -> float:
+        return self.learning_rate if self.critic_learning_rate is None else self.critic_learning_rate
 
 
 def make_adamw(params, device: torch.device, **kwargs) -> torch.optim.AdamW:
@@ -33,13 +56,14 @@ def make_scheduler(optimizer, schedule: str, warmup_steps: int, total_steps: int
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def make_optimizer(params, config, total_steps: int):
-    """AdamW and its schedule from a supervised config's ``learning_rate``, ``weight_decay``,
-    ``lr_schedule`` and ``warmup_steps``. ``params``: tensors or parameter groups, all on one
-    device (the fused kernel runs on the device they are on)."""
+def make_optimizer(params, settings: OptimSettings, total_steps: int, device: torch.device | None = None):
+    """AdamW (learning rate, weight decay, eps) and its schedule over ``total_steps`` from the
+    settings. ``params``: tensors or parameter groups (a group's own ``lr`` wins), all on one
+    device: ``device``, or by default the one they are on (the fused kernel runs there)."""
     groups = list(params)
-    optimizer = make_adamw(groups, _device_of(groups), lr=config.learning_rate, weight_decay=config.weight_decay)
-    return optimizer, make_scheduler(optimizer, config.lr_schedule, config.warmup_steps, total_steps)
+    optimizer = make_adamw(groups, device or _device_of(groups), lr=settings.learning_rate,
+                           weight_decay=settings.weight_decay, eps=settings.adam_eps)
+    return optimizer, make_scheduler(optimizer, settings.lr_schedule, settings.warmup_steps, total_steps)
 
 
 def _device_of(groups: list) -> torch.device:

@@ -39,9 +39,10 @@ from tether.train.algorithms import algorithm_for
 from tether.train.evaluation import build_evaluator, training_and_eval_prompts
 from tether.train.iteration import IterationResult, IterationState, build_optimization, iterate
 from tether.train.ppo_config import PPOConfig, check_world_size, preflight
+from tether.train.ppo_resume import resume_command
 from tether.train.rl_phases import sequence_kl
 from tether.train.roles import build_roles
-from tether.train.run_dir import RunDirectory, resume_checkpoint
+from tether.train.run_dir import RunDirectory, resume_checkpoint, run_path
 from tether.train.run_hooks import Callback, RunHooks, reward_components, reward_metrics, with_reward_components
 from tether.utils.distributed import (DistContext, RankZeroCheckpointer, full_state_dicts, init_distributed, rank_seed,
                                       shutdown_distributed, wrap_trained)
@@ -90,9 +91,13 @@ def _set_up(config: PPOConfig, dist: DistContext, device: torch.device, hooks: R
     algorithm = algorithm_for(config)
     seed_everything(config.seed)  # the same on every rank: identical initial weights
     resume_from = resume_checkpoint(config)  # None: a fresh run
+    if resume_from is not None:
+        hooks.check_resumed_reward(run_path(config.run_settings))  # the sources it was trained with
     prompt_list, eval_list = training_and_eval_prompts(config)  # eval prompts never enter training
     run = RunDirectory.create(config, quiet=config.quiet, resume_history=resume_from and resume_from["history"],
                               write=dist.is_main)
+    if dist.is_main and resume_from is None:
+        hooks.record_python_reward(run.path)
     roles = build_roles(config.model_settings, config.reward_settings, device, algorithm.needs_critic, hooks.rewards)
     roles.actor = wrap_trained(roles.actor, dist, device)  # DDP / FSDP2 under torchrun, else as is
     if roles.critic_forward is not None:
@@ -151,7 +156,7 @@ def _train(config: PPOConfig, dist: DistContext, device: torch.device, hooks: Ru
 
     if stopping:
         why = stop.requested or ("a critical doctor finding" if doctor_stop else "a signal to another rank")
-        run.stopped(why, r.ckpt.last_saved, f"tether ppo --resume {run.path}")
+        run.stopped(why, r.ckpt.last_saved, resume_command(run.path, hooks.python_reward is not None))
     hooks.report_stop(config.total_iterations, dist)
     full_states = full_state_dicts(state.roles, dist)  # FSDP2: gathered on every rank; else None
     if dist.is_main:

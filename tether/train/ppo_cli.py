@@ -8,10 +8,7 @@ import argparse
 
 from tether.config import load_config
 from tether.train.algorithms import ALGORITHMS
-
-
-# What may change when a run is continued; anything else would not be the same run.
-RESUME_OVERRIDES = ("total_iterations", "checkpoint_every", "keep_checkpoints", "quiet", "max_consecutive_skips")
+from tether.train.ppo_resume import RESUME_OVERRIDES
 
 
 def commands() -> dict[str, str]:
@@ -52,19 +49,10 @@ def _done(run_dir) -> None:
 
 
 def _resume(run_dir: str, overrides: list[str]) -> int:
-    from pathlib import Path
-
-    from tether.errors import ConfigError
     from tether.train.ppo import train_ppo
-    from tether.train.ppo_config import PPOConfig
+    from tether.train.ppo_resume import check_reward_given, resumed_config
 
-    config_path = Path(run_dir) / "config.yaml"
-    if not config_path.is_file():
-        raise ConfigError(f"--resume {run_dir}: no config.yaml there; pass the run directory (runs/<run_name>)")
-    for override in overrides:
-        if override.split("=", 1)[0] not in RESUME_OVERRIDES:
-            raise ConfigError(f"--resume keeps the run's config; only {', '.join(RESUME_OVERRIDES)} may change, "
-                              f"not '{override}' (start a new run for that)")
-    config = load_config(PPOConfig, config_path, [*overrides, f"resume={run_dir}"])
+    config = resumed_config(run_dir, overrides)
+    check_reward_given(config, run_dir)  # a reward given from Python: the Python call that continues it
     _done(train_ppo(config))
     return 0

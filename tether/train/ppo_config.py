@@ -7,15 +7,16 @@ import math
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from tether.config import Count, Finite, Fraction, NonNegative, Positive, PositiveInt, Range, Seed, check_ranges
+from tether.config import Count, Finite, Fraction, NonNegative, Positive, PositiveInt, Range
 from tether.errors import ConfigError
 from tether.ops.losses import Aggregation
-from tether.reporting.sinks import SinkOptions
 from tether.rollout.generation import SamplingSettings
 from tether.rollout.rewards import RewardSettings
 from tether.train.algorithms import ALGORITHMS, LossSettings, algorithm_for
+from tether.train.optim import OptimSettings, Schedule
 from tether.train.roles import ModelSettings
 from tether.train.run_dir import RunSettings
+from tether.train.training_fields import TrainingFields
 
 Algorithm = Literal[tuple(ALGORITHMS)]  # the rows of the table
 
@@ -23,7 +24,10 @@ TisCap = Annotated[float, Range(ge=1, why="below 1 it would shrink the weight of
 
 
 @dataclass(frozen=True)
-class PPOConfig(SinkOptions):
+class PPOConfig(TrainingFields):
+    # inherited from TrainingFields (tether/train/training_fields.py): metric_sinks and the sinks'
+    # options, seed, device, precision, quiet, output_dir, run_name, checkpoint_every,
+    # keep_checkpoints, resume, warmup_steps, weight_decay, max_grad_norm and chat_template
     # --- models -------------------------------------------------------------------------------
     policy: str = "tiny-llama"  # causal LM: folder, .gguf file, or alias (smollm2, tiny-llama); also π_ref
     reference: str | None = None  # frozen reference; default: the policy's starting weights
@@ -37,7 +41,7 @@ class PPOConfig(SinkOptions):
     reward_timeout: Positive = 60.0  # seconds a reward server may take to answer one request
     reward_retries: Count = 2  # further tries after a reward server fails (no connection, timeout, HTTP 5xx/429)
     critic: Literal["separate", "shared"] = "separate"  # own model, or a value head on the policy backbone
-    critic_model: str | None = None  # init of a separate critic; default: the reward model, else the policy
+    critic_model: str | None = None  # init of a separate critic; default: the first reward model among the reward sources, else the policy
     # --- data ---------------------------------------------------------------------------------
     prompts: str = "builtin:tiny"  # prompts file (.jsonl with "prompt", .json, .txt) or builtin:tiny|builtin:demo
     # held-out prompts, evaluated every eval_every iterations and after the last: eval/* rows of
@@ -46,7 +50,6 @@ class PPOConfig(SinkOptions):
     eval_prompts: str | None = None
     eval_every: PositiveInt = 5  # iterations between evaluations (the last iteration is always evaluated)
     gold: str | None = None  # optional true-quality score module:function(prompt, response) -> float, logged as eval/gold_score_mean
-    chat_template: bool | Literal["auto"] = "auto"  # wrap prompts in the tokenizer's chat template
     max_prompt_tokens: PositiveInt = 256  # longer prompts are cut from the left (keeping the end)
     # --- algorithm ----------------------------------------------------------------------------
     algorithm: Algorithm = "ppo"  # row of tether.train.algorithms.ALGORITHMS
@@ -99,24 +102,14 @@ class PPOConfig(SinkOptions):
     # --- optimisation -------------------------------------------------------------------------
     learning_rate: NonNegative = 1e-5
     critic_learning_rate: NonNegative | None = None  # default: learning_rate
-    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
-    warmup_steps: Count = 0
-    weight_decay: NonNegative = 0.0
+    lr_schedule: Schedule = "constant"
     adam_eps: Positive = 1e-8
-    max_grad_norm: Positive = 1.0
     max_consecutive_skips: PositiveInt = 5  # abort after this many non-finite updates in a row
     # --- system -------------------------------------------------------------------------------
-    seed: Seed = 0
-    device: str = "auto"  # auto, cpu, cuda, cuda:1, mps
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast compute, fp32 master weights
-    output_dir: str = "runs"
-    run_name: str | None = None  # default: <algorithm>-<timestamp>
     overwrite: bool = False  # replace an existing run of the same name (else: an error)
     log_samples: Count = 4  # sample generations written per iteration
     sample_table_every: Count = 10  # print a table of samples (prompt, response, score, KL) every N iterations; 0 = off
     save_critic: bool = True
-    quiet: bool = False  # no progress bar (CI)
-    # metric_sinks and the sinks' options: inherited from SinkOptions (tether/reporting/sinks.py)
     stop_on_critical: bool = False  # checkpoint and stop when the live doctor finds a critical failure
     # --- scaling and memory (docs/scaling.md) -----------------------------------------------------
     strategy: Literal["auto", "none", "ddp", "fsdp2"] = "auto"  # under torchrun; auto: none for 1 process, else ddp
@@ -128,19 +121,12 @@ class PPOConfig(SinkOptions):
     offload_frozen: bool = False  # keep reference and reward model on the CPU between their forwards (GPU only; no-op on CPU)
     rollout_engine: Literal["hf", "vllm"] = "hf"  # who samples: hf = generate() on the trained policy; vllm = vLLM, weights pushed after each update (extra tether[vllm]; one process, no LoRA; docs/scaling.md)
     tis_cap: TisCap | None = None  # vllm only: truncated importance sampling, each token's policy loss times min(π_trainer/π_vllm, tis_cap) (Yao et al. 2025; e.g. 2); null = off
-    # --- reliability (docs/reliability.md) ------------------------------------------------------
-    checkpoint_every: Count = 0  # full-state checkpoint every N iterations and at the end; 0 = only on SIGINT/SIGTERM
-    keep_checkpoints: PositiveInt = 2  # newest checkpoints kept in <run>/checkpoints
-    resume: str | None = None  # "auto": continue <output_dir>/<run_name> if it has a checkpoint; or a run dir
 
     def __post_init__(self) -> None:
-        super().__post_init__()  # the metric-sink fields
-        check_ranges(self)  # each numeric field's declared bounds; the checks below relate fields
+        super().__post_init__()  # the metric-sink fields, each field's bounds, resume's run_name
         self._check_rewards()
         self._check_batch_sizes()
         algorithm_for(self)  # the algorithm's own checks: groups, whitening
-        if self.resume == "auto" and not self.run_name:
-            raise ConfigError('resume: auto needs a run_name (the run directory to continue)')
         self._check_scaling()
 
     def _check_rewards(self) -> None:
@@ -181,9 +167,8 @@ class PPOConfig(SinkOptions):
     def model_settings(self) -> ModelSettings:
         """For building the roles (tether.train.roles)."""
         targets = tuple(self.lora_target_modules) if self.lora_target_modules is not None else None
-        return ModelSettings(self.policy, self.reference, self.critic, self.critic_model, self.reward_model,
-                             self.precision, self.lora_r, self.lora_alpha, self.lora_dropout, targets,
-                             self.gradient_checkpointing, self.offload_frozen)
+        return ModelSettings(self.policy, self.reference, self.critic, self.critic_model, self.precision, self.lora_r,
+                             self.lora_alpha, self.lora_dropout, targets, self.gradient_checkpointing, self.offload_frozen)
 
     @property
     def reward_settings(self) -> RewardSettings:
@@ -198,6 +183,12 @@ class PPOConfig(SinkOptions):
         """For the algorithm's loss terms (tether.train.algorithms)."""
         return LossSettings(self.clip_eps, self.clip_eps_high, self.value_clip_eps, self.vf_coef, self.entropy_coef,
                             self.loss_aggregation)
+
+    @property
+    def optim_settings(self) -> OptimSettings:
+        """For the optimizer over policy and critic and its schedule (tether.train.optim)."""
+        return OptimSettings(self.learning_rate, self.lr_schedule, self.warmup_steps, self.weight_decay,
+                             self.max_grad_norm, self.adam_eps, self.critic_learning_rate)
 
     @property
     def sampling_settings(self) -> SamplingSettings:
@@ -316,7 +307,7 @@ def _check_disk(config: PPOConfig, folders: dict) -> None:
     policy = _fp32_bytes(folders["policy"])
     critic = 0
     if config.critic == "separate":
-        critic = _fp32_bytes(folders.get("critic_model") or folders.get("reward_model") or folders["policy"])
+        critic = _fp32_bytes(folders.get("critic_model") or _first_reward_model(config) or folders["policy"])
     in_checkpoint = critic + (0 if config.lora_r else policy)
     needed = 3 * in_checkpoint * _checkpoints_held(config) + policy + critic
     where = Path(config.resume if config.resume not in (None, "auto") else config.output_dir).absolute()
@@ -329,6 +320,16 @@ def _check_disk(config: PPOConfig, folders: dict) -> None:
             "free some space, lower keep_checkpoints or checkpoint_every=0 (only on interrupt), "
             "or set output_dir to a larger disk"
         )
+
+
+def _first_reward_model(config: PPOConfig):
+    """The folder of the config's first reward model, where a separate critic starts by default
+    (tether.train.roles.critic_init; for the size estimate, its vocabulary is not compared)."""
+    from tether.models.registry import resolve_model
+    from tether.rollout.rewards import config_sources
+
+    models = [source for source, kind in config_sources(config.reward_settings) if kind == "model"]
+    return resolve_model(models[0]) if models else None
 
 
 def _checkpoints_held(config: PPOConfig) -> int:

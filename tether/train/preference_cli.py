@@ -1,28 +1,57 @@
-"""``tether sft``, ``tether train-rm`` (``--config FILE.yaml`` and trailing ``key=value``
-overrides) and ``tether eval-rm --model DIR --data FILE``."""
+"""``tether sft``, ``tether train-rm``, ``tether dpo`` (``--config FILE.yaml`` and trailing
+``key=value`` overrides) and ``tether eval-rm --model DIR --data FILE``."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from tether.config import load_config
 
 
-def register(subparsers) -> None:
-    sft = subparsers.add_parser("sft", help="supervised fine-tuning on demonstrations (completion-only loss)",
-                                description="Supervised fine-tuning: loss on completion tokens only; saves a causal LM.")
-    sft.add_argument("--config", help="YAML config; fields of tether.train.sft.SFTConfig")
-    sft.add_argument("overrides", nargs="*", help="key=value overrides applied after the file")
-    sft.set_defaults(func=_run_sft)
+@dataclass(frozen=True)
+class ConfigCommand:
+    """A command that fills its typed config from ``--config FILE.yaml`` and ``key=value``
+    overrides and runs one training function on it (both imported only when it runs)."""
 
-    rm = subparsers.add_parser("train-rm", help="train a Bradley-Terry reward model on preference pairs",
-                               description="Reward model: Bradley-Terry loss, then score normalisation (mean 0, std 1).")
-    rm.add_argument("--config", help="YAML config; fields of tether.train.reward_model.RewardModelConfig")
-    rm.add_argument("overrides", nargs="*", help="key=value overrides applied after the file")
-    rm.set_defaults(func=_run_train_rm)
+    name: str
+    help: str
+    module: str  # where the config class and the training function live
+    config_class: str
+    train: str  # train(config) -> the folder written
+    done: str  # the line printed after, {path}: the folder train returned
+    description: str = ""  # the command's --help text; default: help
+    example: str = ""  # a config file of configs/ to start from
+
+
+CONFIG_COMMANDS = (
+    ConfigCommand("sft", help="supervised fine-tuning on demonstrations (completion-only loss)",
+                  description="Supervised fine-tuning: loss on completion tokens only; saves a causal LM.",
+                  module="tether.train.sft", config_class="SFTConfig", train="train_sft",
+                  done="SFT model written to {path}"),
+    ConfigCommand("train-rm", help="train a Bradley-Terry reward model on preference pairs",
+                  description="Reward model: Bradley-Terry loss, then score normalisation (mean 0, std 1).",
+                  module="tether.train.reward_model", config_class="RewardModelConfig", train="train_reward_model",
+                  done="reward model written to {path}  (use it as: tether ppo reward_model={path})"),
+    ConfigCommand("dpo", help="DPO: fit the policy to preference pairs directly (no reward model, no sampling); "
+                              "cDPO and IPO variants",
+                  module="tether.train.dpo", config_class="DPOConfig", train="train_dpo",
+                  done="run written to {path}  (policy: {path}/policy)", example="configs/dpo-tiny.yaml"),
+)
+
+
+def register(subparsers) -> None:
+    for command in CONFIG_COMMANDS:
+        parser = subparsers.add_parser(command.name, help=command.help,
+                                       description=command.description or command.help)
+        example = f" (see {command.example})" if command.example else ""
+        parser.add_argument("--config", help=f"YAML config{example}; fields of {command.module}.{command.config_class}")
+        parser.add_argument("overrides", nargs="*", help="key=value overrides applied after the file")
+        parser.set_defaults(func=_run_config_command, config_command=command)
 
     ev = subparsers.add_parser("eval-rm", help="accuracy, margin histogram and calibration of a reward model",
                                description="Evaluate a saved reward model on preference data.")
@@ -38,19 +67,12 @@ def register(subparsers) -> None:
     ev.set_defaults(func=_run_eval_rm)
 
 
-def _run_sft(args: argparse.Namespace) -> int:
-    from tether.train.sft import SFTConfig, train_sft
-
-    path = train_sft(load_config(SFTConfig, args.config, args.overrides))
-    print(f"SFT model written to {path}")
-    return 0
-
-
-def _run_train_rm(args: argparse.Namespace) -> int:
-    from tether.train.reward_model import RewardModelConfig, train_reward_model
-
-    path = train_reward_model(load_config(RewardModelConfig, args.config, args.overrides))
-    print(f"reward model written to {path}  (use it as: tether ppo reward_model={path})")
+def _run_config_command(args: argparse.Namespace) -> int:
+    command: ConfigCommand = args.config_command
+    module = importlib.import_module(command.module)
+    config = load_config(getattr(module, command.config_class), args.config, args.overrides)
+    path = getattr(module, command.train)(config)
+    print(command.done.format(path=path))
     return 0
 
 

@@ -24,16 +24,15 @@ from typing import Annotated, Callable, ClassVar, Literal, Sequence
 
 import torch
 
-from tether.config import Count, NonNegative, Positive, PositiveInt, Range, Seed, check_ranges
+from tether.config import Count, NonNegative, PositiveInt, Range
 from tether.data.batching import PreferenceBatch, TokenizedPair, collate_pairs, iterate_batches
-from tether.errors import ConfigError
 from tether.models.scalar_head import ScalarHeadModel, export_reward_model
 from tether.ops.losses import bradley_terry_loss
-from tether.reporting.sinks import SinkOptions
 from tether.utils.precision import autocast
 from tether.train.optim import make_optimizer
-from tether.train.run_dir import RunSettings, save_pretrained_atomic, write_atomic
-from tether.train.supervised import RunStart, SupervisedTask, fit, start_preference_run, validate_common
+from tether.train.run_dir import save_pretrained_atomic, write_atomic
+from tether.train.supervised import RunStart, SupervisedTask, fit, start_preference_run
+from tether.train.supervised_config import SupervisedFields
 from tether.utils.stats import grouped_accuracy_ci
 from tether.train.rm_normalization import fit_normalization, reference_set
 from tether.train.rm_selection import AccuracyVerdict, BestWeights, prompt_batches, ranked_batches
@@ -44,34 +43,20 @@ NEW_HEAD_LEARNING_RATE = 1e-3
 
 
 @dataclass(frozen=True)
-class RewardModelConfig(SinkOptions):
+class RewardModelConfig(SupervisedFields):
+    """The shared supervised fields (tether.train.supervised_config), then the reward model's
+    own. ``model``: any causal LM / encoder (a fresh scalar head), or an earlier reward model;
+    one epoch by default, as reward models overfit quickly (InstructGPT trains one)."""
+
     algorithm: ClassVar[str] = "rm"  # run directory prefix: runs/rm-<timestamp>
     model_fields: ClassVar[tuple[str, ...]] = ("model", "reference_policy")  # model folders checked before the run starts
-    # --- model --------------------------------------------------------------------------------
-    model: str = "tiny-llama"  # init: any causal LM / encoder (a fresh scalar head), or an earlier reward model
+    data_kind: ClassVar[str] = "a preference file (prompt/chosen/rejected or rankings)"
+    # --- the scalar head ----------------------------------------------------------------------
     fresh_head: bool = False  # re-draw the head even if the checkpoint has one
     # how a new head starts: "zero" (every score equal, training starts as a linear probe) or
     # "normal" (N(0, 1/(d+1)), Stiennon et al. 2020); see ScalarHeadModel.reset_head
     head_init: Literal["zero", "normal"] = "zero"
     trainable_layers: Count | None = None  # train only the top N blocks + final norm + head (0: head only); None: all
-    # --- data ---------------------------------------------------------------------------------
-    data: str = ""  # preference pairs or rankings: .jsonl/.json/.csv/.parquet or datasets folder
-    split: str | None = None  # split of a DatasetDict folder (default: train)
-    eval_data: str | None = None  # held-out preferences; default: hold out eval_fraction of the prompts
-    eval_split: str | None = None  # split of eval_data when it is a DatasetDict folder
-    eval_fraction: Annotated[float, Range(ge=0, lt=1)] = 0.1  # share of prompts held out when eval_data is not given (0: no eval)
-    skip_bad_rows: bool = False  # count and skip malformed rows instead of stopping at the first
-    chat_template: bool | Literal["auto"] = "auto"  # render prompts with the tokenizer's chat template
-    max_length: PositiveInt = 512  # prompt + response tokens; longer responses are cut at the end
-    max_prompt_length: PositiveInt | None = None  # cut prompts to their last N tokens; None: keep whole
-    # --- loss ---------------------------------------------------------------------------------
-    ranking_weighting: Literal["per-prompt", "per-pair"] = "per-prompt"  # K-wise pairs weigh 1/C(K,2), or 1 each
-    use_margin: bool = True  # subtract the data's "margin" inside the sigmoid where given
-    # --- optimisation -------------------------------------------------------------------------
-    epochs: PositiveInt = 1  # passes over the pairs (reward models overfit quickly: InstructGPT uses 1)
-    max_steps: PositiveInt | None = None  # stop after this many optimizer steps (overrides epochs)
-    batch_size: PositiveInt = 8  # pairs per optimizer step (2x sequences per forward)
-    learning_rate: NonNegative = 1e-5
     # the scalar head's own rate. None: NEW_HEAD_LEARNING_RATE for a head drawn at load time,
     # learning_rate for one read from the checkpoint (a reward model trained further). At the
     # backbone's rate a new head barely moves in a few hundred steps, and the backbone bends its
@@ -79,11 +64,10 @@ class RewardModelConfig(SinkOptions):
     # first fits a linear probe of the pretrained features, which fine-tuning then refines
     # (LP-FT, Kumar et al. 2022). Measured on SmolLM2 in docs/reward-model.md
     head_learning_rate: NonNegative | None = None
-    lr_schedule: Literal["constant", "linear", "cosine"] = "linear"
-    warmup_steps: Count = 0
-    weight_decay: NonNegative = 0.0
-    max_grad_norm: Positive = 1.0
-    eval_every: PositiveInt = 50  # steps between held-out accuracy / margin evaluations
+    # --- loss ---------------------------------------------------------------------------------
+    ranking_weighting: Literal["per-prompt", "per-pair"] = "per-prompt"  # K-wise pairs weigh 1/C(K,2), or 1 each
+    use_margin: bool = True  # subtract the data's "margin" inside the sigmoid where given
+    # --- evaluation ---------------------------------------------------------------------------
     evals_per_epoch: PositiveInt | None = None  # instead of eval_every: this many evaluations per pass over the data
     # keep the weights of the evaluation with the lowest held-out loss (early stopping on the
     # held-out prompts; their accuracy is then slightly optimistic, having chosen the step)
@@ -97,28 +81,6 @@ class RewardModelConfig(SinkOptions):
     reference_prompts: str | None = None  # normalize=policy: prompts file (default: the training prompts)
     normalize_samples: Annotated[int, Range(ge=2, why="a std needs two scores")] = 256  # reference responses used to fit gain and bias
     reference_max_new_tokens: PositiveInt = 64  # normalize=policy: length limit of the samples
-    # --- system -------------------------------------------------------------------------------
-    seed: Seed = 0
-    device: str = "auto"  # auto, cpu, cuda, cuda:1, mps
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast compute, fp32 master weights
-    output_dir: str = "runs"
-    run_name: str | None = None  # default: rm-<timestamp>
-    quiet: bool = False  # no progress bar (CI)
-    # metric_sinks and the sinks' options: inherited from SinkOptions (tether/reporting/sinks.py)
-    checkpoint_every: Count = 0  # full-state checkpoint every N steps; 0 = only on SIGINT/SIGTERM
-    keep_checkpoints: PositiveInt = 2  # newest checkpoints kept in <run>/checkpoints
-    resume: str | None = None  # "auto": continue <output_dir>/<run_name> from its checkpoint; or a run dir
-
-    @property
-    def run_settings(self) -> RunSettings:
-        return RunSettings(self.output_dir, self.run_name, self.algorithm, self.resume)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()  # the metric-sink fields
-        check_ranges(self)  # each numeric field's declared bounds; validate_common relates fields
-        if not self.data:
-            raise ConfigError('field "data" is required: a preference file (prompt/chosen/rejected or rankings)')
-        validate_common(self)
 
 
 def train_reward_model(config: RewardModelConfig, *, callbacks: Sequence[Callable] = ()) -> Path:
@@ -137,7 +99,7 @@ def train_reward_model(config: RewardModelConfig, *, callbacks: Sequence[Callabl
     steps_per_epoch = len(prompt_batches(begun.train_items, config.batch_size))
     total_steps = config.max_steps or steps_per_epoch * config.epochs
     eval_every = max(1, steps_per_epoch // config.evals_per_epoch) if config.evals_per_epoch else config.eval_every
-    optimizer, scheduler = make_optimizer(_parameter_groups(model, config), config, total_steps)
+    optimizer, scheduler = make_optimizer(_parameter_groups(model, config), config.optim_settings, total_steps)
     collate = lambda items: collate_pairs(items, pad_id)  # noqa: E731
     best = BestWeights()
 

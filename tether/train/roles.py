@@ -9,6 +9,7 @@ adapters switched off, and offloaded frozen roles visit the device only for thei
 
 from __future__ import annotations
 
+import sys
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
@@ -108,8 +109,7 @@ class ModelSettings:
     policy: str  # causal LM: folder, .gguf file, alias or Hub id
     reference: str | None  # None: the policy's starting weights
     critic: str  # "separate" (a model of its own) or "shared" (a head on the policy)
-    critic_model: str | None  # a separate critic's init; None: the reward model, else the policy
-    reward_model: str | None  # the critic's default init
+    critic_model: str | None  # a separate critic's init; None: the first reward model (critic_init), else the policy
     precision: str  # dtype the frozen models are held in
     lora_r: int  # LoRA rank of the policy's adapters; 0: full fine-tune
     lora_alpha: float
@@ -137,11 +137,12 @@ def build_roles(models: ModelSettings, reward: RewardSettings, device: torch.dev
         _checkpoint_activations(policy)
     policy.train()
 
+    specs = rewards if rewards is not None else reward_specs(reward)
     critic = value_head = None
     if uses_critic and models.critic == "shared":
         value_head = ValueHead(policy.config.hidden_size).to(device)
     elif uses_critic:
-        init = models.critic_model or models.reward_model or models.policy
+        init = critic_init(models, specs, tokenizer)
         # From a reward model the trained head is kept (its scores are a good first value
         # estimate; Ouyang et al. 2022); from a plain LM the head is new.
         critic = ScalarHeadModel.from_pretrained(init, device, fresh_head=init == models.policy)
@@ -149,9 +150,36 @@ def build_roles(models: ModelSettings, reward: RewardSettings, device: torch.dev
             _checkpoint_activations(critic.hf_model)
         critic.train()
 
-    specs = rewards if rewards is not None else reward_specs(reward)
     built_reward = build_reward(specs, reward, tokenizer, frozen_device)
     return Roles(policy, reference, critic, value_head, built_reward, tokenizer, device=device, offload_frozen=offload)
+
+
+def critic_init(models: ModelSettings, rewards: list[RewardSpec], policy_tokenizer) -> str:
+    """Where a separate critic starts: ``critic_model`` when set; else the first of the run's
+    reward models, in the order its sources are listed (``reward_model``, then ``rewards``; or
+    as given to ``tether.PPO(reward=...)``), among those that read the policy's vocabulary (the
+    critic is fed the policy's token ids); else the policy. Prints which, when there was a choice."""
+    if models.critic_model is not None:
+        return models.critic_model
+    candidates = [spec for spec in rewards if spec.kind == "model"]
+    chosen = next((spec for spec in candidates if _same_vocabulary(str(spec.source), policy_tokenizer)), None)
+    for spec in candidates[:candidates.index(chosen)] if chosen else candidates:
+        _note(f"the critic cannot start from reward model {spec.name!r}: its vocabulary is not the policy's")
+    if chosen is not None and len(candidates) > 1:
+        _note(f"the critic starts from reward model {chosen.name!r}, of the run's {len(candidates)}; "
+              "set critic_model to start it from another")
+    return str(chosen.source) if chosen else models.policy
+
+
+def _same_vocabulary(model: str, policy_tokenizer) -> bool:
+    return load_tokenizer(model).get_vocab() == policy_tokenizer.get_vocab()
+
+
+def _note(message: str) -> None:
+    from tether.utils.distributed import is_rank_zero
+
+    if is_rank_zero():  # every rank builds the roles; one line for the run
+        print(f"note: {message}", file=sys.stderr)
 
 
 def _checkpoint_activations(model: torch.nn.Module) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from tether.rollout.rewards import RewardSettings, RewardSpec, check_reward_specs, reward_specs
@@ -26,6 +27,7 @@ class RunHooks:
     rewards: list[RewardSpec]  # the run's named, weighted reward sources
     callbacks: Sequence[Callback] = ()
     sample_table_every: int = 0  # iterations between sample tables on the console; 0 = none
+    python_reward: Any = None  # the reward as given from Python (None: the config's), for resume (ppo_resume)
     stopped_at: int | None = field(default=None, init=False)  # the iteration a callback stopped the run after
 
     @classmethod
@@ -36,7 +38,23 @@ class RunHooks:
         specs = reward_specs(settings, reward)
         if reward is not None:
             check_reward_specs(specs)  # the config's own sources are checked by preflight
-        return cls(specs, checked_callbacks(callbacks), sample_table_every)
+        return cls(specs, checked_callbacks(callbacks), sample_table_every, reward)
+
+    # A reward given from Python is no part of config.yaml: a new run records what it was
+    # (python_reward.json), a resumed one checks that it was given the same sources (ppo_resume).
+    def record_python_reward(self, run_dir) -> None:
+        from tether.train.ppo_resume import PYTHON_REWARD, record_python_reward
+
+        if self.python_reward is not None:
+            record_python_reward(run_dir, self.python_reward, self.rewards)
+        else:  # a run replaced (overwrite=true) may have left one behind
+            (Path(run_dir) / PYTHON_REWARD).unlink(missing_ok=True)
+
+    def check_resumed_reward(self, run_dir) -> None:
+        from tether.train.ppo_resume import check_same_python_reward
+
+        if self.python_reward is not None:
+            check_same_python_reward(run_dir, self.rewards)
 
     def after_iteration(self, iteration: int, metrics: dict[str, float], dist) -> bool:
         """Run the callbacks; True when one of them (on any rank) asks to stop."""

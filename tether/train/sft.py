@@ -15,72 +15,33 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Callable, ClassVar, Literal, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import torch
 
-from tether.config import Count, NonNegative, Positive, PositiveInt, Range, Seed, check_ranges
+from tether.config import NonNegative
 from tether.data.batching import PromptResponseBatch, collate_examples, iterate_batches, tokenize_demonstrations
 from tether.data.preferences import DropCounts
 from tether.data.sft import DemonstrationData, load_demonstrations
-from tether.errors import ConfigError
 from tether.models.forward import policy_forward
 from tether.models.loading import load_causal_lm
 from tether.ops.masking import masked_mean
-from tether.reporting.sinks import SinkOptions
-from tether.train.optim import make_optimizer
-from tether.train.run_dir import RunSettings, save_pretrained_atomic
-from tether.train.supervised import SupervisedTask, epoch_batches, fit, planned_steps, start_run, validate_common
+from tether.train.optim import Schedule, make_optimizer
+from tether.train.run_dir import save_pretrained_atomic
+from tether.train.supervised import SupervisedTask, epoch_batches, fit, planned_steps, start_run
+from tether.train.supervised_config import HeldOutFraction, SupervisedFields
 from tether.utils.precision import autocast
 
 
 @dataclass(frozen=True)
-class SFTConfig(SinkOptions):
+class SFTConfig(SupervisedFields):
+    """The shared supervised fields (tether.train.supervised_config) with SFT's defaults."""
+
     algorithm: ClassVar[str] = "sft"  # run directory prefix: runs/sft-<timestamp>
-    model_fields: ClassVar[tuple[str, ...]] = ("model",)  # model folders checked before the run starts
-    # --- model and data -----------------------------------------------------------------------
-    model: str = "tiny-llama"  # causal LM to fine-tune: folder, .gguf file, or alias (smollm2, tiny-llama)
-    data: str = ""  # demonstrations (prompt/completion or messages): .jsonl/.json/.csv/.parquet or datasets folder
-    split: str | None = None  # split of a DatasetDict folder (default: train)
-    eval_data: str | None = None  # held-out demonstrations; default: hold out eval_fraction of data
-    eval_split: str | None = None  # split of eval_data when it is a DatasetDict folder
-    eval_fraction: Annotated[float, Range(ge=0, lt=1)] = 0.05  # share of data held out when eval_data is not given (0: no eval)
-    skip_bad_rows: bool = False  # count and skip malformed rows instead of stopping at the first
-    chat_template: bool | Literal["auto"] = "auto"  # render prompts with the tokenizer's chat template
-    max_length: PositiveInt = 512  # prompt + completion tokens; longer completions are cut at the end
-    max_prompt_length: PositiveInt | None = None  # cut prompts to their last N tokens; None: keep whole
-    # --- optimisation -------------------------------------------------------------------------
-    epochs: PositiveInt = 1  # passes over the data
-    max_steps: PositiveInt | None = None  # stop after this many optimizer steps (overrides epochs)
-    batch_size: PositiveInt = 8  # demonstrations per optimizer step
+    data_kind: ClassVar[str] = "a demonstrations file (prompt/completion or messages)"
+    eval_fraction: HeldOutFraction = 0.05  # share of the demonstrations held out
     learning_rate: NonNegative = 2e-5
-    lr_schedule: Literal["constant", "linear", "cosine"] = "cosine"
-    warmup_steps: Count = 0
-    weight_decay: NonNegative = 0.0
-    max_grad_norm: Positive = 1.0
-    eval_every: PositiveInt = 50  # steps between evaluations of the held-out loss
-    # --- system -------------------------------------------------------------------------------
-    seed: Seed = 0
-    device: str = "auto"  # auto, cpu, cuda, cuda:1, mps
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast compute, fp32 master weights
-    output_dir: str = "runs"
-    run_name: str | None = None  # default: sft-<timestamp>
-    quiet: bool = False  # no progress bar (CI)
-    # metric_sinks and the sinks' options: inherited from SinkOptions (tether/reporting/sinks.py)
-    checkpoint_every: Count = 0  # full-state checkpoint every N steps; 0 = only on SIGINT/SIGTERM
-    keep_checkpoints: PositiveInt = 2  # newest checkpoints kept in <run>/checkpoints
-    resume: str | None = None  # "auto": continue <output_dir>/<run_name> from its checkpoint; or a run dir
-
-    @property
-    def run_settings(self) -> RunSettings:
-        return RunSettings(self.output_dir, self.run_name, self.algorithm, self.resume)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()  # the metric-sink fields
-        check_ranges(self)  # each numeric field's declared bounds; validate_common relates fields
-        if not self.data:
-            raise ConfigError('field "data" is required: a demonstrations file (prompt/completion or messages)')
-        validate_common(self)
+    lr_schedule: Schedule = "cosine"
 
 
 def train_sft(config: SFTConfig, *, callbacks: Sequence[Callable] = ()) -> Path:
@@ -98,7 +59,7 @@ def train_sft(config: SFTConfig, *, callbacks: Sequence[Callable] = ()) -> Path:
     model = load_causal_lm(config.model, device)
     model.train()
     total_steps = planned_steps(len(begun.train_items), config)
-    optimizer, scheduler = make_optimizer(model.parameters(), config, total_steps)
+    optimizer, scheduler = make_optimizer(model.parameters(), config.optim_settings, total_steps)
     collate = lambda items: collate_examples(items, pad_id)  # noqa: E731
 
     def train_step(batch: PromptResponseBatch):

@@ -23,7 +23,7 @@ import torch
 
 from tether.data.batching import iterate_batches, tokenize_pairs
 from tether.data.preferences import PreferenceData, load_preferences, split_by_prompt, without_ties
-from tether.errors import ConfigError, DataError
+from tether.errors import DataError
 from tether.models.loading import load_tokenizer, resolve_device
 from tether.models.registry import check_model_fields
 from tether.train.run_dir import RunDirectory, nonfinite_weights_error, resume_checkpoint, weights_finite
@@ -103,17 +103,6 @@ def report(run: RunDirectory, summary: str, train_items: Sequence) -> None:
         raise DataError(f"no training examples left after truncation: {summary}")
     (run.path / "data_summary.txt").write_text(summary + "\n", encoding="utf-8")
     print(f"data: {summary}", file=sys.stderr)  # even when quiet: drops are what a CI log is read for
-
-
-def validate_common(config) -> None:
-    """Cross-field checks every supervised config (SFT, reward model, DPO) shares; each field's
-    own bounds are declared on it (``check_ranges``)."""
-    if config.max_prompt_length is not None and not config.max_prompt_length < config.max_length:
-        raise ConfigError(
-            f'field "max_prompt_length" must be below max_length = {config.max_length}, '
-            f"got {config.max_prompt_length}: the response needs room")
-    if config.resume == "auto" and not config.run_name:
-        raise ConfigError("resume: auto needs a run_name (the run directory to continue)")
 
 
 # ----- batches ----------------------------------------------------------------------------------
