@@ -102,3 +102,15 @@ def test_batch_to_device_keeps_dtypes(tokenizer):
     items, _ = tokenize_pairs([PreferencePair("p", "a", "b")], tokenizer, 16)
     batch = collate_pairs(items, tokenizer.pad_token_id).to("cpu")
     assert batch.chosen.prompt_mask.dtype == torch.bool and batch.chosen.response_ids.dtype == torch.long
+
+
+def test_an_instruction_is_appended_to_the_text_or_the_last_user_message():
+    from tether.data.templates import with_instruction
+
+    assert with_instruction("Name a fruit. ", "Be brief.") == "Name a fruit. Be brief."
+    assert with_instruction("Name a fruit.", None) == "Name a fruit."
+    chat = [{"role": "system", "content": "S"}, {"role": "user", "content": "Hi."},
+            {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Name a fruit."}]
+    asked = with_instruction(chat, "Be brief.")
+    assert [m["content"] for m in asked] == ["S", "Hi.", "Hello.", "Name a fruit. Be brief."]
+    assert chat[-1]["content"] == "Name a fruit."  # the caller's messages are not changed

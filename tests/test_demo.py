@@ -128,11 +128,38 @@ def test_another_labeler_from_the_command_line(tmp_path, capsys):
     assert run_quick(out, "ppo_iterations=1", f"prompts={prompts}",
                      options=("--labeler", "tether.labeling.simulated:prefer_longer")) == 0
     tasks = [json.loads(line) for line in (out / "tasks.jsonl").read_text().splitlines()]
-    assert len(tasks) == 12 and sorted({t["prompt"] for t in tasks}) == ["Count to 3.", "Name a fruit.", "Say hi."]
+    asked = DemoConfig().instruction  # appended to every prompt, labeled and trained on alike
+    assert len(tasks) == 12
+    assert sorted({t["prompt"] for t in tasks}) == [f"{p} {asked}" for p in ("Count to 3.", "Name a fruit.", "Say hi.")]
     rows = [json.loads(line) for line in (out / "preferences.jsonl").read_text().splitlines()]
     assert all(r["labeler"] == "sim-prefer-longer" for r in rows)
     assert all(len(r["chosen"]) >= len(r["rejected"]) for r in rows)
     assert "report:" in capsys.readouterr().out
+
+
+def test_the_instruction_reaches_labeling_ppo_and_evaluation(quick_run):
+    """The brevity instruction is part of every prompt of the run: the labeled tasks, the PPO
+    run's prompt file and the held-out prompts of the evaluation."""
+    import yaml
+
+    asked = DemoConfig().instruction
+    tasks = [json.loads(line) for line in (quick_run / "tasks.jsonl").read_text().splitlines()]
+    assert tasks and all(t["prompt"].endswith(" " + asked) for t in tasks)
+    ppo_prompts = yaml.safe_load((quick_run / "ppo" / "config.yaml").read_text())["prompts"]
+    assert Path(ppo_prompts) == quick_run / "prompts-train.jsonl"
+    trained = [json.loads(line)["prompt"] for line in Path(ppo_prompts).read_text().splitlines()]
+    assert trained and all(p.endswith(" " + asked) for p in trained)
+    evaluated = json.loads((quick_run / "eval.json").read_text())["samples"]
+    assert evaluated and all(s["prompt"].endswith(" " + asked) for s in evaluated)
+
+
+def test_without_an_instruction_the_prompts_are_as_given(tmp_path):
+    out = tmp_path / "plain"
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ("Name a fruit.", "Say hi.")))
+    assert run_quick(out, "ppo_iterations=1", f"prompts={prompts}", "instruction=null") == 0
+    tasks = [json.loads(line) for line in (out / "tasks.jsonl").read_text().splitlines()]
+    assert sorted({t["prompt"] for t in tasks}) == ["Name a fruit.", "Say hi."]
 
 
 def test_existing_run_dir_needs_overwrite(quick_run, capsys):

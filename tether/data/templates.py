@@ -41,6 +41,21 @@ def encode_response(tokenizer, response: str, add_eos: bool = True) -> list[int]
     return ids
 
 
+def with_instruction(prompt: Prompt, instruction: str | None) -> Prompt:
+    """The prompt with ``instruction`` appended to its text, or to its last user message: an
+    instruction every prompt of a set shares (e.g. the demo's request for brief answers)."""
+    if not instruction:
+        return prompt
+    if isinstance(prompt, str):
+        return f"{prompt.rstrip()} {instruction}"
+    messages = [dict(m) for m in prompt]
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            message["content"] = f"{str(message.get('content', '')).rstrip()} {instruction}"
+            return messages
+    return messages + [{"role": "user", "content": instruction}]
+
+
 def prompt_text(prompt: Prompt) -> str:
     """A display/search string for a prompt: its text, or its last user message."""
     if isinstance(prompt, str):

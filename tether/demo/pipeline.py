@@ -66,18 +66,17 @@ class DemoResult:
 def run_demo(config: DemoConfig) -> DemoResult:
     from tether.labeling.simulated import load_labeler
     from tether.models.loading import resolve_device
-    from tether.rollout.prompts import resolve_prompts
     from tether.rollout.rewards import load_function
     from tether.utils.host_memory import keep_freed_host_memory
     from tether.utils.precision import resolve_precision
 
     labeler = load_labeler(config.labeler)  # fail before any model is loaded
     gold = load_function(config.gold, "gold score function")
-    train_prompts = resolve_prompts(config.prompts)
-    eval_prompts = resolve_prompts(config.eval_prompts)[: config.eval_samples]
+    train_prompts, eval_prompts = demo_prompts(config)
     device = resolve_device(config.device)
     config = replace(config, precision=resolve_precision(config.precision, device))
     out = _prepare_dir(config)
+    config = with_prompt_files(config, train_prompts, eval_prompts, out)
     keep_freed_host_memory()  # tether/utils/host_memory.py
     timings: dict[str, float] = {}
 
@@ -151,6 +150,25 @@ def run_demo(config: DemoConfig) -> DemoResult:
     demo = DemoResult(out, files.html, result, timings, rm_accuracy, labels)
     (out / "timings.json").write_text(json.dumps(timings, indent=2) + "\n", encoding="utf-8")
     return demo
+
+
+def demo_prompts(config: DemoConfig) -> tuple[list, list]:
+    """The training and held-out prompts, each with the demo's instruction appended."""
+    from tether.data.templates import with_instruction
+    from tether.rollout.prompts import resolve_prompts
+
+    train = [with_instruction(p, config.instruction) for p in resolve_prompts(config.prompts)]
+    held_out = resolve_prompts(config.eval_prompts)[: config.eval_samples]
+    return train, [with_instruction(p, config.instruction) for p in held_out]
+
+
+def with_prompt_files(config: DemoConfig, train: list, held_out: list, out: Path) -> DemoConfig:
+    """The prompts as the run used them, written to the run directory; every later step (PPO,
+    rounds) reads these files, so the instruction reaches each one."""
+    files = {"prompts": out / "prompts-train.jsonl", "eval_prompts": out / "prompts-eval.jsonl"}
+    for prompts, path in ((train, files["prompts"]), (held_out, files["eval_prompts"])):
+        path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts), encoding="utf-8")
+    return replace(config, **{field: str(path) for field, path in files.items()})
 
 
 def best_of_n(config: DemoConfig, eval_prompts: list, gold, result: dict, out: Path) -> dict:
