@@ -33,7 +33,10 @@ class DemoConfig:
     responses_per_prompt: Annotated[int, Range(ge=2, why="a comparison needs two")] = 4
     pair_temperature: Positive = 0.8  # sampling temperature of the labeled responses (> 0: they must differ)
     pair_max_new_tokens: PositiveInt = 48  # responses cut off here are marked truncated (no EOS) for the reward model
-    sample_batch_size: PositiveInt = 32  # responses per generate() call
+    # responses per generate() call: a decoding step's small GEMMs are bound by reading the weights,
+    # so more rows per step cost little more (docs/performance.md, "Rollout speed"). The draws
+    # follow the batch: another size samples other responses from the same distribution
+    sample_batch_size: PositiveInt = 64
     # --- 3. reward model ----------------------------------------------------------------------
     rm_epochs: PositiveInt = 2  # passes over the comparisons; the weights of the best held-out loss are kept
     rm_max_steps: PositiveInt | None = None  # overrides rm_epochs

@@ -18,7 +18,7 @@ def sample_responses(
     max_new_tokens: int = 64,
     temperature: float = 1.0,
     seed: int = 0,
-    batch_size: int = 16,
+    batch_size: int = 64,
     device: str = "auto",
     use_chat_template="auto",
     top_p: float = 1.0,
@@ -28,6 +28,10 @@ def sample_responses(
 ):
     """``k`` sampled responses for each prompt (a list of k strings per prompt). The model is
     loaded once; ``on_batch(n_prompts)`` is called after each generate call (progress bars).
+    ``batch_size``: rows per generate call (whole prompts of k rows, at least one prompt); a
+    speed setting that leaves the distribution as it is, though the same seed then draws other
+    samples. 64: a decoding step's small GEMMs are bound by reading the weights, so more rows
+    per step cost little more (docs/performance.md, "Rollout speed").
     With ``return_truncated`` also which responses were cut off at ``max_new_tokens``
     (``(texts, truncated)``, both lists of k per prompt): labeling tasks record it so the reward
     model never learns on an EOS the policy did not generate."""
