@@ -75,17 +75,17 @@ def sample_shared(config: DemoConfig, shared: Path) -> tuple[Path, Path]:
     held-out prompts: the same for every taste."""
     from tether.data.templates import prompt_text
     from tether.demo.headroom import sample_best_of
-    from tether.demo.pipeline import demo_prompts, sample_pairs
+    from tether.demo.pipeline import demo_prompts, prompts_to_label, sample_pairs
 
     shared.mkdir(parents=True, exist_ok=True)
+    train, held_out = demo_prompts(config)
     tasks = shared / "tasks.jsonl"
     if not tasks.exists():
-        train = demo_prompts(config)[0]
         log(f"sampling {config.label_prompts} x {config.responses_per_prompt} SFT responses to label")
-        sample_pairs(config, [train[i % len(train)] for i in range(config.label_prompts)], shared)
+        sample_pairs(config, prompts_to_label(config, train), shared)
     best = shared / "best_of_n.json"
     if not best.exists():
-        prompts = [prompt_text(p) for p in demo_prompts(config)[1]]
+        prompts = [prompt_text(p) for p in held_out]
         log(f"best-of-{config.headroom_samples}: sampling {len(prompts)} x {config.headroom_samples} SFT responses")
         sample_best_of(config.model, prompts, config.headroom_samples, config.max_new_tokens, config.temperature,
                        config.seed + 1, config.sample_batch_size, config.device, config.precision, best)

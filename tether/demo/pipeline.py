@@ -96,8 +96,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
             tasks_file = out / "tasks.jsonl"
             shutil.copyfile(config.tasks, tasks_file)
         else:
-            label_prompts = [train_prompts[i % len(train_prompts)] for i in range(config.label_prompts)]
-            tasks_file = sample_pairs(config, label_prompts, out)
+            tasks_file = sample_pairs(config, prompts_to_label(config, train_prompts), out)
         step("1 sample responses", t)
 
         t = time.perf_counter()
@@ -160,6 +159,11 @@ def demo_prompts(config: DemoConfig) -> tuple[list, list]:
     train = [with_instruction(p, config.instruction) for p in resolve_prompts(config.prompts)]
     held_out = resolve_prompts(config.eval_prompts)[: config.eval_samples]
     return train, [with_instruction(p, config.instruction) for p in held_out]
+
+
+def prompts_to_label(config: DemoConfig, train: list) -> list:
+    """The first ``label_prompts`` training prompts, cycling past the end of the set."""
+    return [train[i % len(train)] for i in range(config.label_prompts)]
 
 
 def with_prompt_files(config: DemoConfig, train: list, held_out: list, out: Path) -> DemoConfig:

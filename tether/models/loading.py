@@ -35,6 +35,12 @@ def resolve_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
+def same_vocabulary(tokenizer, other) -> bool:
+    """Whether two tokenizers map every token to the same id: a model of one then reads the
+    other's token ids as they are."""
+    return tokenizer.get_vocab() == other.get_vocab()
+
+
 def load_tokenizer(name_or_path: str | Path):
     """Tokenizer with a pad token guaranteed. When pad == EOS (SmolLM2), masks are built from
     lengths everywhere in tether, never from ``ids != pad_id``."""

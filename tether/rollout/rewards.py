@@ -27,6 +27,7 @@ import torch
 from tether.data.templates import prompt_text
 from tether.errors import ConfigError, TetherError
 from tether.models.forward import build_inputs
+from tether.models.loading import same_vocabulary
 from tether.rollout.reward_values import checked_scores
 from tether.types import Rollout
 from tether.utils.imports import load_function as load_user_function
@@ -83,7 +84,7 @@ class ModelReward:
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.use_chat_template = use_chat_template
-        self.same_vocab = tokenizer.get_vocab() == policy_tokenizer.get_vocab()
+        self.same_vocab = same_vocabulary(tokenizer, policy_tokenizer)
 
     @torch.no_grad()
     def __call__(self, rollout: Rollout) -> torch.Tensor:

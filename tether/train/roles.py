@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from tether.models.forward import PolicyOutputs, SequenceInputs, policy_forward
-from tether.models.loading import freeze, load_causal_lm, load_tokenizer
+from tether.models.loading import freeze, load_causal_lm, load_tokenizer, same_vocabulary
 from tether.models.lora import adapters_disabled, apply_lora, on_device
 from tether.models.scalar_head import ScalarHeadModel, ValueHead
 from tether.rollout.rewards import RewardSettings, RewardSource, RewardSpec, build_reward, reward_specs
@@ -162,17 +162,14 @@ def critic_init(models: ModelSettings, rewards: list[RewardSpec], policy_tokeniz
     if models.critic_model is not None:
         return models.critic_model
     candidates = [spec for spec in rewards if spec.kind == "model"]
-    chosen = next((spec for spec in candidates if _same_vocabulary(str(spec.source), policy_tokenizer)), None)
+    readable = (spec for spec in candidates if same_vocabulary(load_tokenizer(str(spec.source)), policy_tokenizer))
+    chosen = next(readable, None)
     for spec in candidates[:candidates.index(chosen)] if chosen else candidates:
         _note(f"the critic cannot start from reward model {spec.name!r}: its vocabulary is not the policy's")
     if chosen is not None and len(candidates) > 1:
         _note(f"the critic starts from reward model {chosen.name!r}, of the run's {len(candidates)}; "
               "set critic_model to start it from another")
     return str(chosen.source) if chosen else models.policy
-
-
-def _same_vocabulary(model: str, policy_tokenizer) -> bool:
-    return load_tokenizer(model).get_vocab() == policy_tokenizer.get_vocab()
 
 
 def _note(message: str) -> None:
